@@ -1,0 +1,73 @@
+"""
+The one place that knows how Detectron2 versions differ.
+
+fcos-d2 runs on Detectron2 0.6 (the PyPI route of tools/setup_env.sh, built without
+its C++ extension) and on a current Detectron2 built from source. Everything else in
+the project imports Detectron2 normally and asks this module about the differences.
+"""
+
+import importlib
+from typing import Tuple
+
+import detectron2
+import torch.distributed as dist
+from detectron2.utils import comm
+
+__all__ = [
+    "D2_VERSION",
+    "HAS_FAST_COCOEVAL",
+    "LAUNCH_SUPPORTS_CPU",
+    "create_local_process_group",
+]
+
+
+def _parse_version(text: str) -> Tuple[int, ...]:
+    parts = []
+    for token in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in token if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+#: Detectron2's version as a tuple, e.g. (0, 6).
+D2_VERSION: Tuple[int, ...] = _parse_version(detectron2.__version__)
+
+
+def _has_fast_cocoeval() -> bool:
+    # 0.6 from PyPI has an empty placeholder `detectron2._C` (no C++ ops); a real build
+    # exports the C++ COCOeval used by COCOEvaluator(use_fast_impl=True).
+    try:
+        ext = importlib.import_module("detectron2._C")
+    except ImportError:
+        return False
+    return hasattr(ext, "COCOevalAccumulate") and hasattr(ext, "COCOevalEvaluateImages")
+
+
+#: Whether COCOEvaluator's C++ evaluation (use_fast_impl=True) is available.
+HAS_FAST_COCOEVAL: bool = _has_fast_cocoeval()
+
+#: Whether ``detectron2.engine.launch`` can start several CPU (GLOO) workers. 0.6 asserts
+#: CUDA in its workers; newer versions choose GLOO when no GPU exists.
+LAUNCH_SUPPORTS_CPU: bool = hasattr(comm, "create_local_process_group")
+
+
+def create_local_process_group(num_workers_per_machine: int) -> None:
+    """
+    Create the per-machine process group that ``detectron2.utils.comm`` uses for
+    ``get_local_rank``/``get_local_size``. Call once in every worker after
+    ``init_process_group``.
+    """
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(num_workers_per_machine)
+        return
+    # Detectron2 0.6 keeps the group in a module attribute that its launcher sets.
+    assert comm._LOCAL_PROCESS_GROUP is None
+    world_size = dist.get_world_size()
+    machine_rank = dist.get_rank() // num_workers_per_machine
+    for i in range(world_size // num_workers_per_machine):
+        ranks = list(range(i * num_workers_per_machine, (i + 1) * num_workers_per_machine))
+        group = dist.new_group(ranks)
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group

@@ -1,0 +1,92 @@
+"""FCOS config keys. Every key lives under ``cfg.MODEL.FCOS`` and is documented here."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_fcos_config(cfg: CN) -> None:
+    """Add the FCOS keys (with their paper defaults) to a Detectron2 config, in place."""
+    cfg.MODEL.FCOS = CN()
+    _C = cfg.MODEL.FCOS
+
+    # ---------------------------------------------------------------- general
+    # Number of foreground classes (COCO: 80). Background is index NUM_CLASSES.
+    _C.NUM_CLASSES = 80
+    # Backbone features fed to the head, from fine to coarse (strides 8..128).
+    _C.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+
+    # --------------------------------------------------------------- backbone
+    # Input of the P6/P7 block of `build_fcos_resnet_fpn_backbone`: "p5" (FCOS
+    # paper) or "res5" (RetinaNet-style, from C5).
+    _C.TOP_BLOCK_IN_FEATURE = "p5"
+
+    # -------------------------------------------------------------- locations
+    # Location (x, y) of a level with stride s maps to the image point
+    # (floor(s * OFFSET) + x * s, floor(s * OFFSET) + y * s). 0.5 = paper
+    # (floor(s / 2)); torchvision's FCOS uses 0.0.
+    _C.LOCATION_OFFSET = 0.5
+
+    # ------------------------------------------------------------------- head
+    # Head class in FCOS_HEAD_REGISTRY.
+    _C.HEAD_NAME = "FCOSHead"
+    # 3x3 convs in each of the classification and regression towers.
+    _C.NUM_CONVS = 4
+    # Norm of the tower convs: "GN" (GroupNorm(32), paper), "BN", "SyncBN"
+    # (one BatchNorm per level), or "" (none).
+    _C.NORM = "GN"
+    # Initial foreground probability of the class logits (bias init).
+    _C.PRIOR_PROB = 0.01
+    # Learnable scalar s_i per level multiplying the box outputs. With it off
+    # the box branch uses s_i = 1 (torchvision's FCOS has no scales).
+    _C.USE_SCALE = True
+    # Box parameterisation. False (paper): distance = exp(s_i * x).
+    # True ("normalised regression" improvement): distance = ReLU(s_i * x) * stride.
+    _C.NORM_REG_TARGETS = False
+    # Centerness predicted from the classification tower (False, paper) or
+    # from the regression tower (True, improvement).
+    _C.CENTERNESS_ON_REG = False
+
+    # --------------------------------------------------------------- assigner
+    # Assigner class in FCOS_ASSIGNER_REGISTRY.
+    _C.ASSIGNER_NAME = "FCOSAssigner"
+    # Size-of-interest bounds m_1..m_4 between levels. A location on level i is
+    # positive only if max(l, t, r, b) lies in (m_{i-1}, m_i], with m_0 = 0 and
+    # m_5 = inf. Needs len(IN_FEATURES) - 1 values.
+    _C.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # Center sampling radius r (in strides): with r > 0 a location is positive
+    # only inside the box [cx - r*s, cx + r*s] x [cy - r*s, cy + r*s] clipped to
+    # the ground-truth box. 0 disables it (paper); 1.5 is the improvement.
+    _C.CENTER_SAMPLING_RADIUS = 0.0
+    # Bound on locations x boxes pairs evaluated at once (memory cap for
+    # images with thousands of boxes); larger problems are processed in chunks.
+    _C.ASSIGNER_MAX_PAIRS = 4_000_000
+
+    # ----------------------------------------------------------------- losses
+    _C.FOCAL_LOSS_ALPHA = 0.25
+    _C.FOCAL_LOSS_GAMMA = 2.0
+    # Box loss on positives: "iou" (-log IoU, paper), "giou" (1 - GIoU) or
+    # "linear_iou" (1 - IoU).
+    _C.LOC_LOSS_TYPE = "iou"
+    # Weight each positive's box loss by its centerness target and normalise by
+    # the sum of those targets (improvement) instead of by the number of positives.
+    _C.LOC_LOSS_WEIGHT_BY_CENTERNESS = False
+    # Multipliers of loss_fcos_cls, loss_fcos_loc and loss_fcos_ctr.
+    _C.LOSS_WEIGHT_CLS = 1.0
+    _C.LOSS_WEIGHT_LOC = 1.0
+    _C.LOSS_WEIGHT_CTR = 1.0
+
+    # -------------------------------------------------------------- inference
+    # Candidates need a score above this threshold (per level, before NMS).
+    _C.SCORE_THRESH_TEST = 0.05
+    # What SCORE_THRESH_TEST is compared with: the class probability (False,
+    # paper) or the final score, class prob x centerness (or its square root
+    # when SQRT_SCORE) (True, torchvision).
+    _C.THRESH_WITH_CENTERNESS = False
+    # Candidates kept per level (highest final scores) before NMS.
+    _C.TOPK_CANDIDATES_TEST = 1000
+    # IoU threshold of the class-aware NMS.
+    _C.NMS_THRESH_TEST = 0.6
+    # Final score = sqrt(class prob x centerness) instead of the product. The
+    # ranking is unchanged; only the reported score values (and a threshold
+    # applied to them) differ.
+    _C.SQRT_SCORE = False
+    # (Detections kept per image: Detectron2's cfg.TEST.DETECTIONS_PER_IMAGE.)

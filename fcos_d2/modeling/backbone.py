@@ -1,0 +1,39 @@
+"""ResNet + FPN (res3-res5) + P6/P7: the FCOS backbone, built from Detectron2's blocks."""
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+__all__ = ["build_fcos_resnet_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """
+    Detectron2's ResNet/ResNeXt (``cfg.MODEL.RESNETS``) and FPN (``cfg.MODEL.FPN``) with
+    P6 and P7 from stride-2 3x3 convs on ``cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE``
+    ("p5" as in the FCOS paper, or "res5" as in RetinaNet), ReLU between P6 and P7.
+
+    Output features p3..p7 with strides 8..128 (for FPN.IN_FEATURES = res3, res4, res5).
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    top_in = cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE
+    if top_in == "p5":
+        top_in_channels = out_channels
+    elif top_in in bottom_up.output_shape():
+        top_in_channels = bottom_up.output_shape()[top_in].channels
+    else:
+        raise ValueError(
+            f"MODEL.FCOS.TOP_BLOCK_IN_FEATURE must be 'p5' or a ResNet output "
+            f"({sorted(bottom_up.output_shape())}), got {top_in!r}"
+        )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(top_in_channels, out_channels, in_feature=top_in),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

@@ -1,0 +1,130 @@
+"""FCOS losses: focal loss on all locations, IoU loss and centerness BCE on positives."""
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from fvcore.nn import sigmoid_focal_loss
+from torch import Tensor
+from torch.nn import functional as F
+
+from .assigner import compute_centerness_targets
+
+__all__ = ["average_across_workers", "fcos_losses", "iou_loss"]
+
+LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
+
+
+def iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    loss_type: str = "iou",
+    weight: Optional[Tensor] = None,
+    reduction: str = "sum",
+    eps: float = 1e-7,
+) -> Tensor:
+    """
+    IoU losses between boxes given as (l, t, r, b) distances from the same points.
+
+    Args:
+        pred, target: (P, 4) non-negative distances.
+        loss_type: "iou" (-log IoU), "linear_iou" (1 - IoU) or "giou" (1 - GIoU).
+        weight: optional (P,) per-box weights.
+        reduction: "sum", "mean" or "none".
+
+    Returns:
+        scalar, or (P,) for reduction="none".
+    """
+    if loss_type not in LOC_LOSS_TYPES:
+        raise ValueError(
+            f"MODEL.FCOS.LOC_LOSS_TYPE must be one of {LOC_LOSS_TYPES}, got {loss_type!r}"
+        )
+    pred = pred.float()
+    target = target.float()
+    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    lo = torch.minimum(pred, target)
+    inter = (lo[:, 0] + lo[:, 2]).clamp(min=0) * (lo[:, 1] + lo[:, 3]).clamp(min=0)
+    union = pred_area + target_area - inter
+    iou = inter / (union + eps)
+    if loss_type == "iou":
+        loss = -torch.log(iou.clamp(min=eps))
+    elif loss_type == "linear_iou":
+        loss = 1.0 - iou
+    else:
+        hi = torch.maximum(pred, target)
+        enclosing = (hi[:, 0] + hi[:, 2]) * (hi[:, 1] + hi[:, 3])
+        loss = 1.0 - (iou - (enclosing - union) / (enclosing + eps))
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean() if loss.numel() else loss.sum()
+    return loss
+
+
+def average_across_workers(value: Tensor) -> Tensor:
+    """Sum of a scalar tensor over all workers divided by the world size (no-op on 1 worker)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return value
+
+
+def fcos_losses(
+    logits: Tensor,
+    box_reg: Tensor,
+    centerness: Tensor,
+    labels: Tensor,
+    reg_targets: Tensor,
+    *,
+    num_classes: int,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+    loc_loss_type: str = "iou",
+    loc_weight_by_centerness: bool = False,
+    loss_weights: Dict[str, float] = None,
+) -> Dict[str, Tensor]:
+    """
+    Args:
+        logits: (N, L, C) class logits of all locations of all levels.
+        box_reg: (N, L, 4) predicted (l, t, r, b) in pixels.
+        centerness: (N, L) centerness logits.
+        labels: (N, L) int64 targets, background = num_classes.
+        reg_targets: (N, L, 4) target (l, t, r, b) (used on positives only).
+
+    Returns:
+        dict with ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr``, each normalised by
+        the number of positives averaged over workers (at least 1); with
+        ``loc_weight_by_centerness`` the box loss is weighted by the centerness targets and
+        normalised by their sum (averaged over workers) instead.
+    """
+    weights = {"loss_fcos_cls": 1.0, "loss_fcos_loc": 1.0, "loss_fcos_ctr": 1.0}
+    weights.update(loss_weights or {})
+    pos = labels != num_classes
+    num_pos = average_across_workers(pos.sum().to(torch.float32)).clamp(min=1.0)
+
+    classes = torch.arange(num_classes, device=labels.device)
+    cls_targets = (labels[..., None] == classes).to(torch.float32)
+    loss_cls = sigmoid_focal_loss(
+        logits.float(), cls_targets, alpha=focal_alpha, gamma=focal_gamma, reduction="sum"
+    )
+
+    pos_reg_targets = reg_targets[pos]
+    ctr_targets = compute_centerness_targets(pos_reg_targets)
+    if loc_weight_by_centerness:
+        loc_normalizer = average_across_workers(ctr_targets.sum()).clamp(min=1e-6)
+        loss_loc = iou_loss(box_reg[pos], pos_reg_targets, loc_loss_type, weight=ctr_targets)
+        loss_loc = loss_loc / loc_normalizer
+    else:
+        loss_loc = iou_loss(box_reg[pos], pos_reg_targets, loc_loss_type) / num_pos
+    loss_ctr = F.binary_cross_entropy_with_logits(
+        centerness[pos].float(), ctr_targets, reduction="sum"
+    )
+    return {
+        "loss_fcos_cls": loss_cls / num_pos * weights["loss_fcos_cls"],
+        "loss_fcos_loc": loss_loc * weights["loss_fcos_loc"],
+        "loss_fcos_ctr": loss_ctr / num_pos * weights["loss_fcos_ctr"],
+    }

@@ -1,0 +1,174 @@
+"""The FCOS meta-architecture: wires backbone, head, assigner, losses and inference."""
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import ImageList, Instances
+from torch import Tensor, nn
+
+from .assigner import build_fcos_assigner
+from .head import build_fcos_head
+from .inference import fcos_inference
+from .locations import compute_locations
+from .losses import fcos_losses
+
+__all__ = ["FCOS", "cat_levels"]
+
+
+def cat_levels(per_level: List[Tensor]) -> Tensor:
+    """Per-level (N, K, H_i, W_i) maps -> (N, sum_i H_i * W_i, K), row-major within a level."""
+    n, k = per_level[0].shape[:2]
+    return torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, k) for x in per_level], dim=1)
+
+
+@META_ARCH_REGISTRY.register()
+class FCOS(DenseDetector):
+    """
+    FCOS (Tian et al., ICCV 2019). Training returns ``loss_fcos_cls``, ``loss_fcos_loc`` and
+    ``loss_fcos_ctr``; inference returns per image ``{"instances": Instances}`` rescaled to
+    the input's "height" x "width", as Detectron2's other detectors.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        assigner,
+        head_in_features: Sequence[str],
+        num_classes: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        location_offset: float = 0.5,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        loc_loss_type: str = "iou",
+        loc_loss_weight_by_centerness: bool = False,
+        loss_weights: Dict[str, float] = None,
+        score_thresh_test: float = 0.05,
+        thresh_with_centerness: bool = False,
+        topk_candidates_test: int = 1000,
+        nms_thresh_test: float = 0.6,
+        max_detections_per_image: int = 100,
+        sqrt_score: bool = False,
+    ):
+        """
+        Args:
+            backbone: returns the ``head_in_features`` maps.
+            head: maps those features to (logits, box distances, centerness), see FCOSHead.
+            assigner: callable(locations, strides, gt_instances) -> FCOSTargets.
+            Other arguments: see ``fcos_d2/config.py`` for their meaning.
+        """
+        super().__init__(
+            backbone, head, list(head_in_features), pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        self.assigner = assigner
+        self.num_classes = num_classes
+        self.input_format = input_format
+        shapes = backbone.output_shape()
+        self.strides = [int(shapes[f].stride) for f in self.head_in_features]
+        self.location_offset = location_offset
+        self.loss_kwargs = dict(
+            num_classes=num_classes,
+            focal_alpha=focal_loss_alpha,
+            focal_gamma=focal_loss_gamma,
+            loc_loss_type=loc_loss_type,
+            loc_weight_by_centerness=loc_loss_weight_by_centerness,
+            loss_weights=loss_weights,
+        )
+        self.inference_kwargs = dict(
+            score_thresh=score_thresh_test,
+            topk_candidates=topk_candidates_test,
+            nms_thresh=nms_thresh_test,
+            max_detections=max_detections_per_image,
+            thresh_with_centerness=thresh_with_centerness,
+            sqrt_score=sqrt_score,
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        missing = [f for f in cfg.MODEL.FCOS.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}"
+            )
+        head = build_fcos_head(cfg, [shapes[f] for f in cfg.MODEL.FCOS.IN_FEATURES])
+        f = cfg.MODEL.FCOS
+        return {
+            "backbone": backbone,
+            "head": head,
+            "assigner": build_fcos_assigner(cfg),
+            "head_in_features": f.IN_FEATURES,
+            "num_classes": f.NUM_CLASSES,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+            "location_offset": f.LOCATION_OFFSET,
+            "focal_loss_alpha": f.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": f.FOCAL_LOSS_GAMMA,
+            "loc_loss_type": f.LOC_LOSS_TYPE,
+            "loc_loss_weight_by_centerness": f.LOC_LOSS_WEIGHT_BY_CENTERNESS,
+            "loss_weights": {
+                "loss_fcos_cls": f.LOSS_WEIGHT_CLS,
+                "loss_fcos_loc": f.LOSS_WEIGHT_LOC,
+                "loss_fcos_ctr": f.LOSS_WEIGHT_CTR,
+            },
+            "score_thresh_test": f.SCORE_THRESH_TEST,
+            "thresh_with_centerness": f.THRESH_WITH_CENTERNESS,
+            "topk_candidates_test": f.TOPK_CANDIDATES_TEST,
+            "nms_thresh_test": f.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "sqrt_score": f.SQRT_SCORE,
+        }
+
+    def locations(self, features: List[Tensor]) -> List[Tensor]:
+        """Per level (H_i * W_i, 2) image coordinates of the locations of ``features``."""
+        shapes = [tuple(x.shape[-2:]) for x in features]
+        return compute_locations(shapes, self.strides, self.location_offset, features[0].device)
+
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        logits, box_reg, centerness = predictions
+        targets = self.assigner(self.locations(features), self.strides, gt_instances)
+        return fcos_losses(
+            cat_levels(logits),
+            cat_levels(box_reg),
+            cat_levels(centerness).squeeze(2),
+            targets.labels,
+            targets.reg_targets,
+            **self.loss_kwargs,
+        )
+
+    def forward_inference(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+    ) -> List[Instances]:
+        logits, box_reg, centerness = predictions
+        locations = self.locations(features)
+        level_ids = torch.repeat_interleave(
+            torch.arange(len(locations), device=self.device),
+            torch.tensor([len(x) for x in locations], device=self.device),
+        )
+        return fcos_inference(
+            cat_levels(logits),
+            cat_levels(box_reg),
+            cat_levels(centerness).squeeze(2),
+            torch.cat(locations),
+            level_ids,
+            images.image_sizes,
+            **self.inference_kwargs,
+        )
