@@ -21,11 +21,11 @@ head's input levels, and must return the same outputs as :class:`FCOSHead`.
 
 
 class Scale(nn.Module):
-    """A learnable scalar multiplier."""
+    """A learnable scalar multiplier (a parameter of shape (1,), as in FCOS and AdelaiDet)."""
 
     def __init__(self, init_value: float = 1.0):
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+        self.scale = nn.Parameter(torch.tensor([float(init_value)]))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale

@@ -142,7 +142,7 @@ class FCOS(DenseDetector):
     ) -> Dict[str, Tensor]:
         logits, box_reg, centerness = predictions
         targets = self.assigner(self.locations(features), self.strides, gt_instances)
-        return fcos_losses(
+        losses = fcos_losses(
             cat_levels(logits),
             cat_levels(box_reg),
             cat_levels(centerness).squeeze(2),
@@ -150,6 +150,9 @@ class FCOS(DenseDetector):
             targets.reg_targets,
             **self.loss_kwargs,
         )
+        # Kept (detached, no host sync) so that a non-finite total can be traced to its part.
+        self.last_losses = {k: v.detach() for k, v in losses.items()}
+        return losses
 
     def forward_inference(
         self,

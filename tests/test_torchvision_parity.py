@@ -1,0 +1,151 @@
+"""
+fcos-d2 with converted weights computes what torchvision's FCOS computes: detections in
+eval mode and the three losses in training mode (configs/compat/FCOS_R50_torchvision.yaml).
+"""
+
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from torchvision.models.detection import fcos_resnet50_fpn
+
+import fcos_d2
+from fcos_d2.convert import convert_state_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "compat", "FCOS_R50_torchvision.yaml")
+# Sizes torchvision's transform (min_size=256, max_size=512) leaves unresized (shorter side
+# 256, longer side <= 512); the padded batch (384 x 512) is a multiple of 128, as
+# torchvision's anchor strides need.
+SIZES = [(256, 384), (384, 256), (256, 512)]
+
+
+def _seeded_torchvision_model():
+    torch.manual_seed(0)
+    model = fcos_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91, min_size=256, max_size=512
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.backbone.body.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):  # make every BN a non-trivial affine map
+                c = module.num_features
+                module.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+                module.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+        head = model.head
+        # Detections must survive sqrt(cls * ctr) > 0.2: raise the class bias (varied per
+        # class), and keep the boxes away from ReLU's zero.
+        head.classification_head.cls_logits.bias.copy_(torch.randn(91, generator=g) * 0.5 - 1.0)
+        head.regression_head.bbox_reg.bias.fill_(2.0)
+        head.regression_head.bbox_reg.weight.mul_(5.0)
+        head.classification_head.cls_logits.weight.mul_(5.0)
+    return model
+
+
+def _fcos_d2_model(tv_model):
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.FCOS.NUM_CLASSES = 91
+    model = build_model(cfg)
+    converted = convert_state_dict(tv_model.state_dict(), "torchvision", coco_80=False)
+    assert all(k.endswith("num_batches_tracked") for k in converted.dropped)
+    incompatible = model.load_state_dict(converted.state_dict, strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    tv = _seeded_torchvision_model()
+    return tv, _fcos_d2_model(tv)
+
+
+def _images():
+    g = torch.Generator().manual_seed(2)
+    return [torch.randint(0, 256, (3, h, w), generator=g).float() for h, w in SIZES]
+
+
+def _match(tv_det, ours):
+    """
+    Pair each torchvision detection with ours (same class, nearest box). torchvision also
+    returns empty boxes (from locations in the batch padding, clipped to the image), which
+    Detectron2's detector_postprocess removes: those are left out of the comparison.
+    """
+    b = tv_det["boxes"]
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    tv_det = {k: v[keep] for k, v in tv_det.items()}
+    assert len(ours) == len(tv_det["boxes"]), (len(ours), len(tv_det["boxes"]))
+    box_err, score_err = 0.0, 0.0
+    used = set()
+    for box, score, label in zip(tv_det["boxes"], tv_det["scores"], tv_det["labels"]):
+        same = (ours.pred_classes == label).nonzero().flatten().tolist()
+        candidates = [i for i in same if i not in used]
+        assert candidates, f"no fcos-d2 detection of class {int(label)}"
+        dist = [float((ours.pred_boxes.tensor[i] - box).abs().max()) for i in candidates]
+        best = candidates[min(range(len(dist)), key=dist.__getitem__)]
+        used.add(best)
+        box_err = max(box_err, min(dist))
+        score_err = max(score_err, float((ours.scores[best] - score).abs()))
+    return box_err, score_err
+
+
+def test_detections_match_torchvision(models):
+    tv, ours = models
+    tv.eval()
+    ours.eval()
+    images = _images()
+    with torch.no_grad():
+        tv_out = tv([im / 255.0 for im in images])
+        our_out = ours(
+            [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
+        )
+    total = 0
+    for tv_det, out in zip(tv_out, our_out):
+        inst = out["instances"]
+        box_err, score_err = _match(tv_det, inst)
+        assert box_err < 1e-3, box_err
+        assert score_err < 1e-4, score_err
+        total += len(inst)
+    assert total >= 100  # the comparison is not vacuous
+    assert all(len(o["instances"]) <= 100 for o in our_out)
+
+
+def test_losses_match_torchvision(models):
+    tv, ours = models
+    tv.train()
+    for module in tv.backbone.body.modules():  # BatchNorm as FrozenBatchNorm (fcos-d2's)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    ours.train()
+    images = _images()
+    g = torch.Generator().manual_seed(3)
+    targets, inputs = [], []
+    for image in images:
+        h, w = image.shape[1:]
+        n = 6
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6]) + 8
+        boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w - 1.0, h - 1.0]))], dim=1)
+        labels = torch.randint(1, 91, (n,), generator=g)
+        targets.append({"boxes": boxes, "labels": labels})
+        inst = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=labels)
+        inputs.append({"image": image, "instances": inst})
+    tv_losses = tv([im / 255.0 for im in images], targets)
+    our_losses = ours(inputs)
+    pairs = {
+        "loss_fcos_cls": "classification",
+        "loss_fcos_loc": "bbox_regression",
+        "loss_fcos_ctr": "bbox_ctrness",
+    }
+    for ours_name, tv_name in pairs.items():
+        torch.testing.assert_close(
+            our_losses[ours_name], tv_losses[tv_name], rtol=1e-4, atol=1e-6, msg=ours_name
+        )
+    assert our_losses["loss_fcos_loc"] > 0

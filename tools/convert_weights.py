@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""
+Convert a published FCOS checkpoint (or a torchvision ImageNet ResNet) to fcos-d2.
+
+    python tools/convert_weights.py --source torchvision fcos_resnet50_fpn_coco-99b0c9b7.pth out.pth
+    python tools/convert_weights.py --source adelaidet FCOS_R_50_1x.pth out.pth
+    python tools/convert_weights.py --source fcos FCOS_imprv_R_50_FPN_1x.pth out.pth
+    python tools/convert_weights.py --source torchvision-resnet resnet50-0676ba61.pth r50_init.pth
+
+Then run the output with the matching config of configs/compat/ (see its comments).
+With --config-file, the result is loaded into that config's model and any missing or
+unexpected key is an error.
+"""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from fcos_d2.convert import SOURCES, convert_checkpoint, report  # noqa: E402
+from fcos_d2.errors import InputError  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--source", required=True, choices=SOURCES)
+    p.add_argument("input", help="checkpoint of the source implementation")
+    p.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
+    p.add_argument("--num-classes", type=int, help="fail unless the result has this many classes")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--coco-80", dest="coco_80", action="store_true", default=None,
+        help="torchvision: keep the 80 COCO classes of its 91 outputs (default for 91)",
+    )  # fmt: skip
+    g.add_argument(
+        "--keep-all-classes", dest="coco_80", action="store_false",
+        help="torchvision: keep all of its outputs (91 for COCO)",
+    )  # fmt: skip
+    p.add_argument("--config-file", help="check that the result loads into this config's model")
+    return p.parse_args(argv)
+
+
+def check_loads(config_file: str, weights: str) -> None:
+    """Load ``weights`` into the model of ``config_file``; raise on any mismatch."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import fcos_d2
+    from fcos_d2.engine import FCOSCheckpointer
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    checkpointer = FCOSCheckpointer(model, strict=True)
+    checkpointer.load(weights)
+    expected = set(model.state_dict())
+    import torch
+
+    got = set(torch.load(weights, map_location="cpu", weights_only=True)["model"])
+    unexpected = sorted(got - expected)
+    if unexpected:
+        raise InputError(f"keys the model of {config_file} does not have: {unexpected[:10]}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = convert_checkpoint(
+        args.input, args.output, args.source, num_classes=args.num_classes, coco_80=args.coco_80
+    )
+    for line in report(result):
+        print(line)
+    if args.config_file:
+        check_loads(args.config_file, args.output)
+        print(f"loads into {args.config_file} with no missing or unexpected keys")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        print(f"convert_weights.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
