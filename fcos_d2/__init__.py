@@ -1,11 +1,16 @@
 """fcos-d2: FCOS (Tian et al., ICCV 2019) as a Detectron2 extension.
 
 ``import fcos_d2`` registers the FCOS backbone, head, assigner and meta-architecture
-with Detectron2's registries.
+with Detectron2's registries, and the built-in datasets (generated on first use) with
+its DatasetCatalog.
 """
 
-from . import modeling  # noqa: F401  (registers everything)
+from . import modeling  # noqa: F401  (registers the model parts)
 from .config import add_fcos_config
+from .data import register_builtin_datasets
+from .errors import InputError
+
+register_builtin_datasets()
 
 __version__ = "0.1.0"
-__all__ = ["add_fcos_config", "modeling"]
+__all__ = ["InputError", "add_fcos_config", "modeling", "register_builtin_datasets"]

@@ -21,7 +21,7 @@ TORCH_SPEC=(torch==2.14.1 torchvision==0.29.1)
 # Pins: Pillow<10 (D2 0.6 uses PIL.Image.LINEAR), setuptools<80 (pkg_resources,
 # and --no-build-isolation for from-source Detectron2 builds).
 EXTRA_SPEC=("Pillow<10" "setuptools<80" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10"
-            pycocotools opencv-python-headless pytest ruff)
+            pycocotools opencv-python-headless "pytest>=8" "ruff==0.17.6")
 D2_SOURCE="${FCOS_D2_DETECTRON2:-pb1-detectron2==0.6}"
 
 # The stamp records what the venv was built from; a change re-runs the install.
@@ -71,7 +71,22 @@ if n != 1:
     sys.exit(f"[setup] could not find ext_modules=get_extensions() in {path}")
 open(path, "w").write(new)
 EOF
-  [[ -e "$src/detectron2/_C.py" ]] || printf '# Placeholder: built without the C++ extension (see tools/setup_env.sh).\n' > "$src/detectron2/_C.py"
+  # collect_env (run by default_setup) asks _C for its compilers.
+  [[ -e "$src/detectron2/_C.py" ]] || cat > "$src/detectron2/_C.py" <<'PYEOF'
+"""Placeholder: Detectron2 built without its C++ extension (see fcos-d2 tools/setup_env.sh)."""
+
+
+def get_compiler_version():
+    return "none (built without the C++ extension)"
+
+
+def get_cuda_version():
+    return "none (built without the C++ extension)"
+
+
+def has_cuda():
+    return False
+PYEOF
   "${PIP[@]}" install -q --no-build-isolation "$src"
 }
 

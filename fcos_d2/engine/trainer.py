@@ -1,0 +1,205 @@
+"""Detectron2's DefaultTrainer with the FCOS evaluator, checkpointer and CPU support."""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import weakref
+from typing import Iterator, List, Optional
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import compat
+from ..config import add_fcos_config
+from ..errors import InputError
+from .checkpoint import FCOSCheckpointer
+
+__all__ = ["Trainer", "argument_parser", "check_num_classes", "setup"]
+
+logger = logging.getLogger("fcos_d2")
+
+USER_TRAIN, USER_TEST = "coco_user_train", "coco_user_test"
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` plus options for COCO-format data by path."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--coco-train", nargs=2, metavar=("JSON", "IMAGE_DIR"),
+        help="train on a COCO-format dataset (sets DATASETS.TRAIN and, unless given, "
+        "MODEL.FCOS.NUM_CLASSES from its categories)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--coco-test", nargs=2, metavar=("JSON", "IMAGE_DIR"),
+        help="evaluate on a COCO-format dataset (sets DATASETS.TEST)",
+    )  # fmt: skip
+    return parser
+
+
+def _coco_categories(json_file: str) -> int:
+    if not os.path.isfile(json_file):
+        raise InputError(f"COCO annotation file not found: {json_file}")
+    with open(json_file) as f:
+        try:
+            cats = json.load(f).get("categories")
+        except json.JSONDecodeError as e:
+            raise InputError(f"{json_file} is not valid JSON: {e}") from e
+    if not cats:
+        raise InputError(f"{json_file} has no 'categories'")
+    return len(cats)
+
+
+def _register_user_data(cfg: CfgNode, args: argparse.Namespace) -> None:
+    opts = list(getattr(args, "opts", None) or [])
+    given_num_classes = "MODEL.FCOS.NUM_CLASSES" in opts[::2]
+    for flag, name, key in (("coco_train", USER_TRAIN, "TRAIN"), ("coco_test", USER_TEST, "TEST")):
+        paths = getattr(args, flag, None)
+        if not paths:
+            continue
+        json_file, image_root = paths
+        if not os.path.isdir(image_root):
+            flag_name = "--" + flag.replace("_", "-")
+            raise InputError(f"{flag_name}: image folder not found: {image_root}")
+        num = _coco_categories(json_file)
+        if name not in MetadataCatalog.list():
+            register_coco_instances(name, {}, json_file, image_root)
+        setattr(cfg.DATASETS, key, (name,))
+        if key == "TRAIN" and not given_num_classes:
+            cfg.MODEL.FCOS.NUM_CLASSES = num
+        elif num != cfg.MODEL.FCOS.NUM_CLASSES:
+            raise InputError(
+                f"{json_file} has {num} categories but MODEL.FCOS.NUM_CLASSES is "
+                f"{cfg.MODEL.FCOS.NUM_CLASSES}"
+            )
+
+
+def setup(args: argparse.Namespace) -> CfgNode:
+    """Config from ``--config-file`` and overrides; CPU when no GPU exists; Detectron2 setup."""
+    cfg = get_cfg()
+    add_fcos_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise InputError(f"config file not found: {args.config_file}")
+    try:
+        cfg.merge_from_file(args.config_file)
+    except KeyError as e:
+        raise InputError(f"{args.config_file}: {e.args[0] if e.args else e}") from e
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError, ValueError) as e:
+        raise InputError(f"command-line config override: {e.args[0] if e.args else e}") from e
+    _register_user_data(cfg, args)
+    use_cpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if use_cpu:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    if use_cpu:
+        logger.warning("No GPU found: running on the CPU (MODEL.DEVICE=cpu)")
+    return cfg
+
+
+def check_num_classes(cfg: CfgNode, dataset_names: List[str]) -> None:
+    """Raise if a dataset's ``thing_classes`` disagree with ``MODEL.FCOS.NUM_CLASSES``."""
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.FCOS.NUM_CLASSES:
+            raise InputError(
+                f"dataset '{name}' has {len(classes)} classes but MODEL.FCOS.NUM_CLASSES is "
+                f"{cfg.MODEL.FCOS.NUM_CLASSES}; set MODEL.FCOS.NUM_CLASSES {len(classes)}"
+            )
+
+
+def _create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs):
+    # Detectron2's create_ddp_model passes device_ids=[local_rank], which DDP rejects for
+    # a CPU module; on the CPU leave device_ids unset.
+    if comm.get_world_size() == 1:
+        return model
+    if next(model.parameters()).device.type == "cpu":
+        kwargs.pop("device_ids", None)
+    else:
+        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+@contextlib.contextmanager
+def _cpu_safe_ddp() -> Iterator[None]:
+    import detectron2.engine.defaults as d2_defaults
+
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = _create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class Trainer(DefaultTrainer):
+    """
+    DefaultTrainer with: COCOEvaluator (C++ COCOeval only where Detectron2 has it),
+    atomic checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
+    non-finite-loss error that names the FCOS loss that went bad.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        with _cpu_safe_ddp():
+            super().__init__(cfg)
+
+    def build_hooks(self):
+        # Replace the checkpointer before the hooks capture it.
+        model = self._trainer.model
+        self.checkpointer = FCOSCheckpointer(
+            model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            model = self._trainer.model
+            model = model.module if isinstance(model, DistributedDataParallel) else model
+            losses = getattr(model, "last_losses", None) or {}
+            bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+            last = (
+                self.checkpointer.get_checkpoint_file()
+                if self.checkpointer.has_checkpoint()
+                else None
+            )
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.iter}: "
+                f"{', '.join(f'{k}={v}' for k, v in bad.items()) or str(e)}. Training stopped "
+                f"before the optimizer step; no checkpoint was written for this iteration "
+                f"(last checkpoint: {last}). Try a lower SOLVER.BASE_LR or a longer warmup."
+            ) from e
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        loader = super().build_train_loader(cfg)
+        check_num_classes(cfg, list(cfg.DATASETS.TRAIN))
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        loader = super().build_test_loader(cfg, dataset_name)
+        check_num_classes(cfg, [dataset_name])
+        return loader
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(
+            dataset_name, output_dir=output_folder, use_fast_impl=compat.HAS_FAST_COCOEVAL
+        )

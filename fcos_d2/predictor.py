@@ -1,0 +1,99 @@
+"""Predictors for applications: Detectron2's DefaultPredictor, hardened, and a batched one."""
+from typing import Dict, Iterable, List
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from .engine.checkpoint import FCOSCheckpointer
+from .errors import InputError
+
+__all__ = ["BatchPredictor", "Predictor", "to_bgr_uint8"]
+
+
+def to_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """
+    Turn what OpenCV may read (``cv2.IMREAD_UNCHANGED``) into an (H, W, 3) uint8 BGR image:
+    grayscale (H, W) or (H, W, 1) is replicated, the alpha channel of BGRA is dropped,
+    16-bit images are scaled to 8 bits. Raises InputError (naming ``name``) otherwise.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
+        raise InputError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got {image.shape}")
+    if image.dtype == np.uint16:
+        image = (image.astype(np.uint32) * 255 + 32767) // 65535
+    elif image.dtype != np.uint8:
+        raise InputError(f"{name}: expected uint8 or uint16 pixels, got {image.dtype}")
+    image = image.astype(np.uint8, copy=False)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+class Predictor(DefaultPredictor):
+    """
+    ``DefaultPredictor`` (same preprocessing and outputs) that also accepts grayscale,
+    BGRA and 16-bit images (see :func:`to_bgr_uint8`) and refuses weights that do not fit
+    the model (another number of classes, missing parameters) instead of running with
+    random ones.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # Not DefaultPredictor.__init__: it loads weights non-strictly.
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if not cfg.MODEL.WEIGHTS:
+            raise InputError("Predictor needs trained weights: set MODEL.WEIGHTS")
+        FCOSCheckpointer(self.model, strict=True).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise InputError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format}")
+
+    def __call__(self, original_image: np.ndarray) -> Dict:
+        """(H, W[, C]) BGR image -> ``{"instances": Instances}`` in its coordinates."""
+        return super().__call__(to_bgr_uint8(original_image))
+
+    def model_input(self, original_image: np.ndarray) -> Dict:
+        """The dict the model takes for one BGR image (resized, in INPUT.FORMAT)."""
+        image = to_bgr_uint8(original_image)
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        return {"image": tensor, "height": height, "width": width}
+
+
+class BatchPredictor(Predictor):
+    """Runs several images per forward pass: ``predictor([img1, img2, ...])``."""
+
+    def __init__(self, cfg: CfgNode, batch_size: int = 4):
+        super().__init__(cfg)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    def __call__(self, images: Iterable[np.ndarray]) -> List[Dict]:
+        """List of BGR images -> list of ``{"instances": Instances}``, in input order."""
+        images = list(images)
+        outputs: List[Dict] = []
+        with torch.no_grad():
+            for start in range(0, len(images), self.batch_size):
+                batch = [self.model_input(im) for im in images[start : start + self.batch_size]]
+                outputs.extend(self.model(batch))
+        return outputs
