@@ -7,10 +7,12 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..errors import InputError
+
 __all__ = ["FCOSCheckpointer", "IncompatibleCheckpointError"]
 
 
-class IncompatibleCheckpointError(RuntimeError):
+class IncompatibleCheckpointError(InputError):
     """A checkpoint does not fit the model (missing keys or other shapes)."""
 
 

@@ -10,7 +10,12 @@ from typing import Iterator, List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
@@ -19,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import compat
 from ..config import add_fcos_config
+from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
 from ..errors import InputError
 from .checkpoint import FCOSCheckpointer
 
@@ -187,15 +193,23 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        loader = super().build_train_loader(cfg)
-        check_num_classes(cfg, list(cfg.DATASETS.TRAIN))
-        return loader
+        """Detectron2's train loader over checked dataset dicts (see data/checks.py)."""
+        names = list(cfg.DATASETS.TRAIN)
+        dicts = get_detection_dataset_dicts(
+            names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        check_num_classes(cfg, names)
+        dicts, _ = sanitize_dataset_dicts(dicts, cfg.MODEL.FCOS.NUM_CLASSES, ", ".join(names))
+        mapper = CheckedDatasetMapper(cfg, is_train=True)
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        loader = super().build_test_loader(cfg, dataset_name)
+        dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
         check_num_classes(cfg, [dataset_name])
-        return loader
+        check_files(dicts, dataset_name)
+        mapper = CheckedDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(dicts, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
