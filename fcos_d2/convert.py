@@ -122,7 +122,11 @@ _RULES: Dict[str, List[Rule]] = {
         (r"^rpn\.head\.scales\.(\d)\.scale$", lambda m: f"head.scales.{m.group(1)}.scale"),
     ],  # fmt: skip
     "adelaidet": [
-        (r"^(backbone\.bottom_up\..+)$", lambda m: m.group(1)),
+        (
+            r"^(backbone\.bottom_up\.(stem\.conv1|res[2-5]\.\d+\.(conv[123]|shortcut))"
+            r"\.(weight|norm\.(weight|bias|running_mean|running_var)))$",
+            lambda m: m.group(1),
+        ),
         (r"^(backbone\.(fpn_lateral|fpn_output)\d\.(weight|bias))$", lambda m: m.group(1)),
         (r"^(backbone\.top_block\.(p6|p7)\.(weight|bias))$", lambda m: m.group(1)),
         (
@@ -175,20 +179,27 @@ class ConversionResult:
     dropped: List[str] = field(default_factory=list)
 
 
-def load_state_dict(path: str) -> Dict[str, Tensor]:
+def load_state_dict(path: str, allow_pickle: bool = False) -> Dict[str, Tensor]:
     """
     The parameters in a checkpoint file: a plain state dict, or the ``"model"`` /
     ``"state_dict"`` entry of a training checkpoint; a ``module.`` (DDP) prefix is removed.
+
+    Files are read with ``torch.load(weights_only=True)``; ``allow_pickle=True`` also
+    unpickles arbitrary Python objects (only for files you trust: unpickling runs code).
     """
     if not os.path.isfile(path):
         raise InputError(f"checkpoint not found: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints can hold pickled Python objects (optimizer, config).
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        hint = (
+            ""
+            if allow_pickle
+            else " (a checkpoint you trust that holds Python objects: retry with --allow-pickle)"
+        )
+        raise InputError(f"cannot read checkpoint {path}: {e}{hint}") from e
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise InputError(f"cannot read checkpoint {path}: {e}") from e
+        raise InputError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if isinstance(data, dict):
         for key in ("model", "state_dict"):
             if key in data and isinstance(data[key], dict):
@@ -294,10 +305,11 @@ def convert_checkpoint(
     *,
     num_classes: Optional[int] = None,
     coco_80: Optional[bool] = None,
+    allow_pickle: bool = False,
 ) -> ConversionResult:
     """Read ``in_path``, convert it and write a Detectron2 checkpoint ``{"model": ...}``."""
     result = convert_state_dict(
-        load_state_dict(in_path), source, num_classes=num_classes, coco_80=coco_80
+        load_state_dict(in_path, allow_pickle), source, num_classes=num_classes, coco_80=coco_80
     )
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)

@@ -24,8 +24,9 @@ class FCOSCheckpointer(DetectionCheckpointer):
       and so does the ``last_checkpoint`` tag: a job killed at any moment leaves the
       previous checkpoint and tag intact (a rename within a folder is atomic on POSIX).
     - with ``strict=True``, ``load`` raises :class:`IncompatibleCheckpointError` naming
-      the parameters the checkpoint lacks or has with another shape (e.g. another
-      number of classes), instead of logging a warning and keeping random weights.
+      the parameters the checkpoint lacks, has in excess or has with another shape (e.g.
+      another number of classes or depth), instead of logging a warning and keeping
+      random weights.
     """
 
     def __init__(self, model, save_dir: str = "", *, strict: bool = False, **kwargs):
@@ -69,6 +70,8 @@ class FCOSCheckpointer(DetectionCheckpointer):
             problems = []
             if incompatible.missing_keys:
                 problems.append(f"missing: {sorted(incompatible.missing_keys)}")
+            if incompatible.unexpected_keys:
+                problems.append(f"not in the model: {sorted(incompatible.unexpected_keys)}")
             if incompatible.incorrect_shapes:
                 shapes = [
                     f"{k} (checkpoint {tuple(a)}, model {tuple(b)})"
