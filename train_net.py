@@ -10,7 +10,6 @@ On a machine without a GPU, the model runs on the CPU and ``--num-gpus N`` start
 worker processes (GLOO).
 """
 
-import logging
 import os
 import sys
 
@@ -48,7 +47,6 @@ def main(args):
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    logging.getLogger("fcos_d2").info("Command line arguments: %s", args)
     try:
         launch(
             main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,

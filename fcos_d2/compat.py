@@ -7,7 +7,7 @@ the project imports Detectron2 normally and asks this module about the differenc
 """
 
 import importlib
-from typing import Tuple
+from typing import Optional, Tuple
 
 import detectron2
 import torch.distributed as dist
@@ -18,6 +18,8 @@ __all__ = [
     "HAS_FAST_COCOEVAL",
     "LAUNCH_SUPPORTS_CPU",
     "create_local_process_group",
+    "fast_cocoeval_class",
+    "use_fast_cocoeval",
 ]
 
 
@@ -47,6 +49,39 @@ def _has_fast_cocoeval() -> bool:
 
 #: Whether COCOEvaluator's C++ evaluation (use_fast_impl=True) is available.
 HAS_FAST_COCOEVAL: bool = _has_fast_cocoeval()
+
+def fast_cocoeval_class() -> Optional[type]:
+    """
+    The fastest COCOeval implementation available besides pycocotools: Detectron2's C++
+    ``COCOeval_opt`` when Detectron2 was built with its extension, else
+    ``faster_coco_eval.COCOeval_faster`` when that optional package is installed, else None.
+    """
+    if HAS_FAST_COCOEVAL:
+        from detectron2.evaluation.fast_eval_api import COCOeval_opt
+
+        return COCOeval_opt
+    try:
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        return None
+    return COCOeval_faster
+
+
+def use_fast_cocoeval() -> bool:
+    """
+    Make ``COCOEvaluator(use_fast_impl=True)`` use :func:`fast_cocoeval_class`; returns
+    whether a fast implementation exists (pass the result as ``use_fast_impl``).
+    """
+    cls = fast_cocoeval_class()
+    if cls is None:
+        return False
+    if not HAS_FAST_COCOEVAL:
+        # Detectron2 without its C++ extension: point its fast path at faster_coco_eval.
+        import detectron2.evaluation.coco_evaluation as coco_evaluation
+
+        coco_evaluation.COCOeval_opt = cls
+    return True
+
 
 #: Whether ``detectron2.engine.launch`` can start several CPU (GLOO) workers. 0.6 asserts
 #: CUDA in its workers; newer versions choose GLOO when no GPU exists.

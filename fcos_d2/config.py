@@ -90,3 +90,16 @@ def add_fcos_config(cfg: CN) -> None:
     # applied to them) differ.
     _C.SQRT_SCORE = False
     # (Detections kept per image: Detectron2's cfg.TEST.DETECTIONS_PER_IMAGE.)
+
+    # ------------------------------------------------------------------ speed
+    # These keep the parameters and state dict, and the fp32 outputs up to float rounding
+    # (see fcos_d2/modeling/fast.py).
+    # Compute each Conv2d + FrozenBatchNorm2d of the backbone as one convolution with
+    # the norm folded into its weights (training and inference).
+    _C.FOLD_FROZEN_BN = True
+    # Keep weights and activations in channels-last memory format (faster convolutions
+    # on CPUs with oneDNN and on GPUs with tensor cores).
+    _C.CHANNELS_LAST = True
+    # Inference precision: "" (fp32), "bf16" (autocast; CPUs with AVX512-BF16/AMX, and
+    # GPUs) or "fp16" (autocast, GPU only). Training precision is SOLVER.AMP.ENABLED.
+    _C.INFERENCE_PRECISION = ""

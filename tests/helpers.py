@@ -80,3 +80,65 @@ def metrics(output_dir: str) -> List[dict]:
 def start_iteration(log: str) -> Optional[int]:
     m = re.findall(r"Starting training from iteration (\d+)", log)
     return int(m[-1]) if m else None
+
+
+def small_fcos_cfg(num_classes: int = 3):
+    """A small FCOS on R18 with FrozenBatchNorm (batch-independent) for exactness tests."""
+    from detectron2.config import get_cfg
+
+    import fcos_d2
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-FCOS.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.FCOS.NUM_CONVS = 1
+    cfg.MODEL.FCOS.NUM_CLASSES = num_classes
+    return cfg
+
+
+def ddp_batch(num_images: int = 4, size=(96, 128)):
+    """A deterministic batch of same-size images with a few boxes each."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    h, w = size
+    for i in range(num_images):
+        n = 1 + i % 3
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4]) + 6
+        inst = Instances(size, gt_boxes=Boxes(torch.cat([xy, xy + wh], 1)),
+                         gt_classes=torch.randint(0, 3, (n,), generator=g))  # fmt: skip
+        image = torch.randint(0, 256, (3, h, w), generator=g).float()
+        batch.append({"image": image, "instances": inst})
+    return batch
+
+
+def ddp_loss_worker(out_dir: str) -> None:
+    """
+    In each worker (or alone): losses and gradients of this worker's share of ddp_batch(),
+    with the model wrapped in DistributedDataParallel when there are several workers.
+    Writes ``rank<r>.pt`` to out_dir.
+    """
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils import comm
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = comm.get_rank(), comm.get_world_size()
+    torch.manual_seed(0)
+    model = build_model(small_fcos_cfg()).train()
+    batch = ddp_batch()
+    share = len(batch) // world
+    mine = batch[rank * share : (rank + 1) * share]
+    net = DistributedDataParallel(model) if world > 1 else model
+    losses = net(mine)
+    sum(losses.values()).backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    losses = {k: v.detach() for k, v in losses.items()}
+    torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -3,68 +3,25 @@ fcos-d2 with converted weights computes what torchvision's FCOS computes: detect
 eval mode and the three losses in training mode (configs/compat/FCOS_R50_torchvision.yaml).
 """
 
-import os
-
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from torchvision.models.detection import fcos_resnet50_fpn
 
-import fcos_d2
-from fcos_d2.convert import convert_state_dict
+from fcos_d2.reference import fcos_d2_twin, seeded_torchvision_fcos
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "compat", "FCOS_R50_torchvision.yaml")
 # Sizes torchvision's transform (min_size=256, max_size=512) leaves unresized (shorter side
 # 256, longer side <= 512); the padded batch (384 x 512) is a multiple of 128, as
 # torchvision's anchor strides need.
 SIZES = [(256, 384), (384, 256), (256, 512)]
 
 
-def _seeded_torchvision_model():
-    torch.manual_seed(0)
-    model = fcos_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=91, min_size=256, max_size=512
-    )
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.backbone.body.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):  # make every BN a non-trivial affine map
-                c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
-                module.bias.copy_(torch.randn(c, generator=g) * 0.1)
-                module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
-        head = model.head
-        # Detections must survive sqrt(cls * ctr) > 0.2: raise the class bias (varied per
-        # class), and keep the boxes away from ReLU's zero.
-        head.classification_head.cls_logits.bias.copy_(torch.randn(91, generator=g) * 0.5 - 1.0)
-        head.regression_head.bbox_reg.bias.fill_(2.0)
-        head.regression_head.bbox_reg.weight.mul_(5.0)
-        head.classification_head.cls_logits.weight.mul_(5.0)
-    return model
-
-
-def _fcos_d2_model(tv_model):
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.FCOS.NUM_CLASSES = 91
-    model = build_model(cfg)
-    converted = convert_state_dict(tv_model.state_dict(), "torchvision", coco_80=False)
-    assert all(k.endswith("num_batches_tracked") for k in converted.dropped)
-    incompatible = model.load_state_dict(converted.state_dict, strict=True)
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    return model
-
-
 @pytest.fixture(scope="module")
 def models():
-    tv = _seeded_torchvision_model()
-    return tv, _fcos_d2_model(tv)
+    # torchvision's architecture with FrozenBatchNorm2d (as with its pretrained weights),
+    # seeded weights that detect, min/max size that leave SIZES unresized.
+    tv = seeded_torchvision_fcos(seed=0, num_classes=91, min_size=256, max_size=512)
+    ours, _ = fcos_d2_twin(tv)
+    return tv, ours
 
 
 def _images():
@@ -120,9 +77,6 @@ def test_detections_match_torchvision(models):
 def test_losses_match_torchvision(models):
     tv, ours = models
     tv.train()
-    for module in tv.backbone.body.modules():  # BatchNorm as FrozenBatchNorm (fcos-d2's)
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
     ours.train()
     images = _images()
     g = torch.Generator().manual_seed(3)

@@ -61,7 +61,7 @@ def launch(
         if num_machines != 1:
             raise ValueError("--dist-url auto works for one machine only; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    logger.info("No GPU: starting %d CPU worker(s) with the GLOO backend", num_gpus_per_machine)
+    logger.warning("No GPU: starting %d CPU worker(s) with the GLOO backend", num_gpus_per_machine)
     mp.start_processes(
         _cpu_worker,
         nprocs=num_gpus_per_machine,

@@ -20,6 +20,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import compat
@@ -107,6 +108,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fcos_d2", abbrev_name="fcos"
+    )
     if use_cpu:
         logger.warning("No GPU found: running on the CPU (MODEL.DEVICE=cpu)")
     return cfg
@@ -154,7 +158,8 @@ def _cpu_safe_ddp() -> Iterator[None]:
 
 class Trainer(DefaultTrainer):
     """
-    DefaultTrainer with: COCOEvaluator (C++ COCOeval only where Detectron2 has it),
+    DefaultTrainer with: COCOEvaluator (a fast COCOeval where one exists, see
+    compat.fast_cocoeval_class, else pycocotools),
     atomic checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
     non-finite-loss error that names the FCOS loss that went bad.
     """
@@ -215,5 +220,5 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(
-            dataset_name, output_dir=output_folder, use_fast_impl=compat.HAS_FAST_COCOEVAL
+            dataset_name, output_dir=output_folder, use_fast_impl=compat.use_fast_cocoeval()
         )

@@ -5,6 +5,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from .fast import fold_frozen_batchnorm
+
 __all__ = ["build_fcos_resnet_fpn_backbone"]
 
 
@@ -16,6 +18,8 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     ("p5" as in the FCOS paper, or "res5" as in RetinaNet), ReLU between P6 and P7.
 
     Output features p3..p7 with strides 8..128 (for FPN.IN_FEATURES = res3, res4, res5).
+    With ``cfg.MODEL.FCOS.FOLD_FROZEN_BN``, each conv + FrozenBatchNorm2d of the ResNet runs
+    as one convolution (same parameters and outputs, see fast.py).
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
@@ -29,6 +33,8 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
             f"MODEL.FCOS.TOP_BLOCK_IN_FEATURE must be 'p5' or a ResNet output "
             f"({sorted(bottom_up.output_shape())}), got {top_in!r}"
         )
+    if cfg.MODEL.FCOS.FOLD_FROZEN_BN:
+        fold_frozen_batchnorm(bottom_up)
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -47,6 +47,7 @@ def fcos_inference(
     max_detections: int = 100,
     thresh_with_centerness: bool = False,
     sqrt_score: bool = False,
+    num_levels: int = None,
 ) -> List[Instances]:
     """
     Detections of a batch, all images and levels at once.
@@ -62,6 +63,7 @@ def fcos_inference(
         nms_thresh: IoU threshold of the class-aware NMS.
         max_detections: detections kept per image.
         sqrt_score: report sqrt(class prob x centerness) instead of the product.
+        num_levels: number of levels (default: from level_ids, which costs a host sync).
 
     Returns:
         per image, Instances with ``pred_boxes``, ``scores``, ``pred_classes``, in
@@ -76,7 +78,8 @@ def fcos_inference(
     img, loc, cls = candidates.nonzero(as_tuple=True)
     cand_scores = scores[img, loc, cls]
 
-    num_levels = int(level_ids.max()) + 1 if len(level_ids) else 1
+    if num_levels is None:
+        num_levels = int(level_ids.max()) + 1 if len(level_ids) else 1
     keep = topk_per_group(cand_scores, img * num_levels + level_ids[loc], topk_candidates)
     img, loc, cls, cand_scores = img[keep], loc[keep], cls[keep], cand_scores[keep]
 

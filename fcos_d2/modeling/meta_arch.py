@@ -10,6 +10,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from .assigner import build_fcos_assigner
+from .fast import inference_dtype
 from .head import build_fcos_head
 from .inference import fcos_inference
 from .locations import compute_locations
@@ -56,6 +57,8 @@ class FCOS(DenseDetector):
         nms_thresh_test: float = 0.6,
         max_detections_per_image: int = 100,
         sqrt_score: bool = False,
+        channels_last: bool = False,
+        inference_precision: str = "",
     ):
         """
         Args:
@@ -81,6 +84,11 @@ class FCOS(DenseDetector):
             loc_weight_by_centerness=loc_loss_weight_by_centerness,
             loss_weights=loss_weights,
         )
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.inference_precision = inference_precision
+        inference_dtype(inference_precision, "cuda")  # validate the name early
         self.inference_kwargs = dict(
             score_thresh=score_thresh_test,
             topk_candidates=topk_candidates_test,
@@ -126,7 +134,23 @@ class FCOS(DenseDetector):
             "nms_thresh_test": f.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "sqrt_score": f.SQRT_SCORE,
+            "channels_last": f.CHANNELS_LAST,
+            "inference_precision": f.INFERENCE_PRECISION,
         }
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """See :class:`DenseDetector`; inference runs in ``inference_precision``."""
+        dtype = None if self.training else inference_dtype(self.inference_precision, self.device)
+        if dtype is None:
+            return super().forward(batched_inputs)
+        with torch.autocast(self.device.type, dtype=dtype):
+            return super().forward(batched_inputs)
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def locations(self, features: List[Tensor]) -> List[Tensor]:
         """Per level (H_i * W_i, 2) image coordinates of the locations of ``features``."""
@@ -173,5 +197,6 @@ class FCOS(DenseDetector):
             torch.cat(locations),
             level_ids,
             images.image_sizes,
+            num_levels=len(locations),
             **self.inference_kwargs,
         )

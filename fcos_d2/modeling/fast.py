@@ -1,0 +1,83 @@
+"""
+Speed-ups that keep the model's parameters, state dict and (up to float rounding) outputs:
+FrozenBatchNorm folded into the preceding convolution, channels-last memory format, and
+reduced-precision inference.
+"""
+from typing import Optional, Tuple
+
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["FrozenBNFoldedConv2d", "fold_frozen_batchnorm", "inference_dtype"]
+
+
+class FrozenBNFoldedConv2d(Conv2d):
+    """
+    Detectron2's ``Conv2d`` whose ``norm`` is a FrozenBatchNorm2d, computed as one
+    convolution with the norm folded into its weights: conv(x, w * s) + (b - m * s), with
+    s = gamma / sqrt(var + eps). The same parameters, buffers and state dict as the
+    original; gradients reach ``weight`` through the (cheap) per-forward fold. Without
+    autograd the folded weights are cached until a parameter or buffer changes.
+    """
+
+    _fold_cache: Optional[Tuple[tuple, Tensor, Tensor]] = None
+
+    def _versions(self) -> tuple:
+        norm = self.norm
+        tensors = [self.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+    def _folded(self) -> Tuple[Tensor, Tensor]:
+        norm = self.norm
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        weight = self.weight * scale.reshape(-1, 1, 1, 1)
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            weight, bias = self._folded()
+            self._fold_cache = None
+        else:
+            key = self._versions()
+            cache = self._fold_cache
+            if cache is None or cache[0] != key:
+                with torch.no_grad():
+                    cache = (key, *self._folded())
+                self._fold_cache = cache
+            weight, bias = cache[1], cache[2]
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> int:
+    """
+    Turn every Detectron2 ``Conv2d`` followed by a FrozenBatchNorm2d inside ``module`` into
+    a :class:`FrozenBNFoldedConv2d` (in place, same parameters). Returns how many.
+    """
+    count = 0
+    for m in module.modules():
+        if type(m) is Conv2d and isinstance(m.norm, FrozenBatchNorm2d):
+            m.__class__ = FrozenBNFoldedConv2d
+            count += 1
+    return count
+
+
+def inference_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of MODEL.FCOS.INFERENCE_PRECISION ("", "bf16", "fp16") on device."""
+    if name in ("", "fp32", "float32"):
+        return None
+    if name in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if name in ("fp16", "float16", "half"):
+        if torch.device(device).type == "cpu":
+            raise ValueError("MODEL.FCOS.INFERENCE_PRECISION fp16 needs a GPU; use bf16 on the CPU")
+        return torch.float16
+    raise ValueError(f"MODEL.FCOS.INFERENCE_PRECISION must be '', 'bf16' or 'fp16', got {name!r}")

@@ -1,0 +1,347 @@
+#!/usr/bin/env python
+"""
+Side-by-side speed and memory benchmark of fcos-d2 against torchvision's FCOS, in one
+process with the same threads and inputs. Not a test: figures depend on the machine.
+
+    python tools/benchmark.py                 # full run
+    python tools/benchmark.py --quick         # a few minutes on 2 cores
+    python tools/benchmark.py --json out.json # also write the results
+
+Sections:
+  1. inference images/s of fcos-d2 and torchvision's fcos_resnet50_fpn (same architecture,
+     converted weights, fp32) at 800x1333 and 512x512, their ratio and whether their
+     detections agree; fcos-d2 also in bf16 (autocast) and without its speed-ups;
+  2. a training iteration (batch 2, 512x512, 10 boxes per image, forward + backward + SGD);
+  3. FCOS-specific time (locations + assignment + losses; decoding + NMS) as a share;
+  4. assignment + loss time and peak memory for 10..5000 boxes per image at 800x1333;
+  5. COCO evaluation time on the built-in val set: pycocotools vs the fastest backend.
+Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
+"""
+import argparse
+import contextlib
+import copy
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detectron2.structures import Boxes, Instances  # noqa: E402
+
+from fcos_d2 import compat  # noqa: E402
+from fcos_d2.modeling.inference import fcos_inference  # noqa: E402
+from fcos_d2.modeling.losses import fcos_losses  # noqa: E402
+from fcos_d2.modeling.meta_arch import cat_levels  # noqa: E402
+from fcos_d2.reference import fcos_d2_twin, seeded_torchvision_fcos  # noqa: E402
+
+
+def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, h, w), generator=g).float()
+
+
+def random_boxes(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+    wh = torch.exp(torch.rand(n, 2, generator=g) * 5.5) + 4
+    x1y1 = torch.minimum(xy + wh, torch.tensor([w - 1.0, h - 1.0]))
+    return torch.cat([xy, x1y1], dim=1)
+
+
+def detections_agree(tv_out: List[dict], our_out: List[dict]) -> Dict[str, float]:
+    """Max box/score difference after pairing (same class, nearest box); counts."""
+    box_err, score_err, unmatched, total = 0.0, 0.0, 0, 0
+    for tv_det, out in zip(tv_out, our_out):
+        ours = out["instances"]
+        b = tv_det["boxes"]
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # D2 drops empty boxes
+        total += int(keep.sum())
+        for box, score, label in zip(b[keep], tv_det["scores"][keep], tv_det["labels"][keep]):
+            same = (ours.pred_classes == label).nonzero().flatten()
+            if len(same) == 0:
+                unmatched += 1
+                continue
+            dist = (ours.pred_boxes.tensor[same] - box).abs().max(dim=1).values
+            i = int(dist.argmin())
+            box_err = max(box_err, float(dist[i]))
+            score_err = max(score_err, float((ours.scores[same[i]] - score).abs()))
+        unmatched += abs(len(ours) - int(keep.sum()))
+    return {"detections": total, "unmatched": unmatched, "max_box_err": box_err,
+            "max_score_err": score_err}  # fmt: skip
+
+
+def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
+    results = {}
+    for h, w in sizes:
+        img = image(h, w)
+        tv.transform.min_size = (min(h, w),)
+        tv.transform.max_size = max(h, w)
+        with torch.no_grad():
+            tv_fn = lambda: tv([img / 255.0])  # noqa: B023
+            row = {"torchvision_fp32": 1.0 / timeit(tv_fn, repeats)}
+            tv_out = tv_fn()
+            for name, model in twins.items():
+                inputs = [{"image": img, "height": h, "width": w}]
+                fn = lambda: model(inputs)  # noqa: B023
+                row[name] = 1.0 / timeit(fn, repeats)
+                if name == "fcos_d2_fp32":
+                    row["agreement"] = detections_agree(tv_out, fn())
+        results[f"{h}x{w}"] = row
+        print(f"  {h}x{w}: " + ", ".join(
+            f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float)
+        ))  # fmt: skip
+        print(f"    detections agree: {row['agreement']}")
+    return results
+
+
+def training_inputs(n_images=2, size=512, n_boxes=10, num_classes=91):
+    images, targets, inputs = [], [], []
+    for i in range(n_images):
+        img = image(size, size, seed=10 + i)
+        boxes = random_boxes(n_boxes, size, size, seed=20 + i)
+        g = torch.Generator().manual_seed(i)
+        labels = torch.randint(1, num_classes, (n_boxes,), generator=g)
+        images.append(img)
+        targets.append({"boxes": boxes, "labels": labels})
+        inst = Instances((size, size), gt_boxes=Boxes(boxes), gt_classes=labels)
+        inputs.append({"image": img, "instances": inst})
+    return images, targets, inputs
+
+
+def training_section(tv, ours, repeats) -> Dict[str, float]:
+    images, targets, inputs = training_inputs()
+    tv.transform.min_size = (512,)
+    tv.transform.max_size = 512
+    tv.train()
+    ours.train()
+
+    def sgd(model):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+
+    opt_tv, opt_ours = sgd(tv), sgd(ours)
+
+    def step_tv():
+        losses = tv([im / 255.0 for im in images], targets)
+        opt_tv.zero_grad()
+        sum(losses.values()).backward()
+        opt_tv.step()
+
+    def step_ours():
+        losses = ours(inputs)
+        opt_ours.zero_grad()
+        sum(losses.values()).backward()
+        opt_ours.step()
+
+    t_tv = timeit(step_tv, repeats, warmup=2)
+    t_ours = timeit(step_ours, repeats, warmup=2)
+    print(f"  torchvision {t_tv:.3f} s/step, fcos-d2 {t_ours:.3f} s/step")
+    return {"torchvision_s": t_tv, "fcos_d2_s": t_ours}
+
+
+def fcos_share_section(ours, repeats) -> Dict[str, float]:
+    """Time of the FCOS-specific parts inside one training step and one inference."""
+    _, _, inputs = training_inputs()
+    ours.train()
+    images = ours.preprocess_image(inputs)
+    features = ours.backbone(images.tensor)
+    features = [features[f] for f in ours.head_in_features]
+    preds = ours.head(features)
+    gt = [x["instances"] for x in inputs]
+    leaves = [cat_levels(p).detach().requires_grad_() for p in preds]
+
+    def fcos_train_part():
+        targets = ours.assigner(ours.locations(features), ours.strides, gt)
+        losses = fcos_losses(leaves[0], leaves[1], leaves[2].squeeze(2), targets.labels,
+                             targets.reg_targets, **ours.loss_kwargs)  # fmt: skip
+        sum(losses.values()).backward()
+
+    t_train_part = timeit(fcos_train_part, repeats, warmup=1)
+
+    def full_step():
+        losses = ours(inputs)
+        sum(losses.values()).backward()
+
+    t_step = timeit(full_step, repeats, warmup=1)
+
+    ours.eval()
+    h, w = 800, 1333
+    inp = [{"image": image(h, w), "height": h, "width": w}]
+    with torch.no_grad():
+        images = ours.preprocess_image(inp)
+        feats = ours.backbone(images.tensor)
+        feats = [feats[f] for f in ours.head_in_features]
+        logits, box_reg, ctr = ours.head(feats)
+
+        def fcos_infer_part():
+            locations = ours.locations(feats)
+            level_ids = torch.repeat_interleave(
+                torch.arange(len(locations)), torch.tensor([len(x) for x in locations])
+            )
+            fcos_inference(cat_levels(logits), cat_levels(box_reg), cat_levels(ctr).squeeze(2),
+                           torch.cat(locations), level_ids, images.image_sizes,
+                           **ours.inference_kwargs)  # fmt: skip
+
+        t_infer_part = timeit(fcos_infer_part, repeats, warmup=1)
+        t_infer = timeit(lambda: ours(inp), repeats, warmup=1)
+    share = {"train_fcos_s": t_train_part, "train_step_s": t_step,
+             "train_share": t_train_part / t_step, "inference_fcos_s": t_infer_part,
+             "inference_s": t_infer, "inference_share": t_infer_part / t_infer}  # fmt: skip
+    print(f"  training: {t_train_part * 1e3:.1f} ms of {t_step * 1e3:.0f} ms "
+          f"({100 * share['train_share']:.1f}%); inference 800x1333: "
+          f"{t_infer_part * 1e3:.1f} ms of {t_infer * 1e3:.0f} ms "
+          f"({100 * share['inference_share']:.1f}%)")  # fmt: skip
+    return share
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def assignment_section(ours, box_counts, repeats) -> Dict[str, dict]:
+    """Assignment + losses on synthetic head outputs of one 800x1333 image."""
+    strides = ours.strides
+    shapes = [((800 + s - 1) // s, (1344 + s - 1) // s) for s in strides]
+    from fcos_d2.modeling.locations import compute_locations
+
+    locations = compute_locations(shapes, strides, ours.location_offset)
+    num_loc = sum(len(x) for x in locations)
+    c = ours.num_classes
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, num_loc, c, generator=g, requires_grad=True)
+    box_reg = (torch.rand(1, num_loc, 4, generator=g) * 100 + 1).requires_grad_()
+    ctr = torch.randn(1, num_loc, generator=g, requires_grad=True)
+    results = {}
+    base = _peak_rss_mb()
+    for n in box_counts:
+        boxes = random_boxes(n, 800, 1333, seed=n)
+        gt = [Instances((800, 1333), gt_boxes=Boxes(boxes),
+                        gt_classes=torch.randint(0, c, (n,), generator=g))]  # fmt: skip
+
+        def run(gt=gt):
+            targets = ours.assigner(locations, strides, gt)
+            losses = fcos_losses(logits, box_reg, ctr, targets.labels, targets.reg_targets,
+                                 **ours.loss_kwargs)  # fmt: skip
+            sum(losses.values()).backward()
+
+        t = timeit(run, repeats, warmup=1)
+        results[str(n)] = {"seconds": t, "peak_rss_growth_mb": _peak_rss_mb() - base}
+        print(f"  {n:5d} boxes: {t * 1e3:8.1f} ms, peak RSS growth "
+              f"{results[str(n)]['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
+    return results
+
+
+def coco_eval_section() -> Dict[str, object]:
+    """pycocotools vs the fastest available COCOeval on fcos_synth_val (identical AP)."""
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from fcos_d2.data import ensure_builtin_dataset
+
+    json_file = ensure_builtin_dataset("fcos_synth_val")
+    gt = COCO(json_file)
+    # Detections: ground truth jittered, plus false positives, with random scores.
+    rng = np.random.default_rng(0)
+    dets = []
+    for ann in gt.dataset["annotations"]:
+        x, y, w, h = ann["bbox"]
+        for _ in range(3):
+            jit = rng.normal(0, 0.1, 4) * [w, h, w, h]
+            dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
+                         "bbox": [x + jit[0], y + jit[1], w + jit[2], h + jit[3]],
+                         "score": float(rng.random())})  # fmt: skip
+    dt = gt.loadRes(dets)
+    backends = {"pycocotools": COCOeval}
+    fast = compat.fast_cocoeval_class()
+    if fast is not None:
+        backends[fast.__module__ + "." + fast.__name__] = fast
+    out = {}
+    for name, cls in backends.items():
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            start = time.perf_counter()
+            ev = cls(gt, copy.deepcopy(dt), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            seconds = time.perf_counter() - start
+        out[name] = {"seconds": seconds, "AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
+        print(f"  {name}: {seconds:.2f} s, AP {ev.stats[0]:.4f}")
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats and box counts")
+    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference train "
+                   "share assign coco")  # fmt: skip
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 10
+    print(f"torch {torch.__version__}, {args.threads} threads, detectron2 {compat.D2_VERSION}")
+
+    tv = seeded_torchvision_fcos(seed=0, num_classes=91).eval()
+    ours, _ = fcos_d2_twin(tv)
+    ours.eval()
+    plain, _ = fcos_d2_twin(tv, "MODEL.FCOS.FOLD_FROZEN_BN", "False",
+                            "MODEL.FCOS.CHANNELS_LAST", "False")  # fmt: skip
+    plain.eval()
+    bf16, _ = fcos_d2_twin(tv, "MODEL.FCOS.INFERENCE_PRECISION", "bf16")
+    bf16.eval()
+    results: Dict[str, object] = {"threads": args.threads, "torch": torch.__version__}
+    ratios: Dict[str, float] = {}
+    if "inference" not in args.skip:
+        print("1. inference (images/s)")
+        sizes = [(800, 1333), (512, 512)]
+        twins = {"fcos_d2_fp32": ours, "fcos_d2_bf16": bf16, "fcos_d2_fp32_plain": plain}
+        inf = inference_section(tv, twins, sizes, repeats)
+        results["inference"] = inf
+        for key, row in inf.items():
+            ratios[f"inference_{key}"] = row["fcos_d2_fp32"] / row["torchvision_fp32"]
+            ratios[f"inference_{key}_bf16"] = row["fcos_d2_bf16"] / row["torchvision_fp32"]
+    if "train" not in args.skip:
+        print("2. training step (batch 2, 512x512, 10 boxes/image)")
+        tr = training_section(tv, ours, repeats)
+        results["train_step"] = tr
+        ratios["train_step"] = tr["torchvision_s"] / tr["fcos_d2_s"]
+    if "share" not in args.skip:
+        print("3. FCOS-specific share")
+        results["fcos_specific"] = fcos_share_section(ours, repeats)
+    if "assign" not in args.skip:
+        print("4. assignment + losses at 800x1333")
+        counts = [10, 100, 1000] if args.quick else [10, 100, 1000, 5000]
+        results["assignment"] = assignment_section(ours, counts, repeats)
+    if "coco" not in args.skip:
+        print("5. COCO evaluation on fcos_synth_val")
+        results["coco_eval"] = coco_eval_section()
+    results["ratios"] = ratios
+    print("ratios (fcos-d2 / torchvision speed):", json.dumps(ratios, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
