@@ -50,6 +50,7 @@ def _has_fast_cocoeval() -> bool:
 #: Whether COCOEvaluator's C++ evaluation (use_fast_impl=True) is available.
 HAS_FAST_COCOEVAL: bool = _has_fast_cocoeval()
 
+
 def fast_cocoeval_class() -> Optional[type]:
     """
     The fastest COCOeval implementation available besides pycocotools: Detectron2's C++

@@ -1,4 +1,5 @@
 """Predictors for applications: Detectron2's DefaultPredictor, hardened, and a batched one."""
+
 from typing import Dict, Iterable, List
 
 import numpy as np

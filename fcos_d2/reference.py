@@ -3,6 +3,7 @@ torchvision's FCOS as a reference: the same architecture built by torchvision, w
 weights that produce detections, and its fcos-d2 twin (configs/compat/FCOS_R50_torchvision.yaml
 with converted weights). Used by the parity tests and tools/benchmark.py.
 """
+
 import os
 from typing import Tuple
 

@@ -17,7 +17,12 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import (
+    DefaultTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -145,15 +150,22 @@ def _create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False,
 
 
 @contextlib.contextmanager
-def _cpu_safe_ddp() -> Iterator[None]:
+def _cpu_engine(cpu: bool) -> Iterator[None]:
+    """
+    While DefaultTrainer.__init__ runs: a DDP wrapper that works for CPU modules and, on
+    the CPU, SimpleTrainer in place of AMPTrainer (which needs CUDA; with SOLVER.AMP.ENABLED
+    the FCOS model autocasts itself to bfloat16 on the CPU).
+    """
     import detectron2.engine.defaults as d2_defaults
 
-    original = d2_defaults.create_ddp_model
+    saved = d2_defaults.create_ddp_model, d2_defaults.AMPTrainer
     d2_defaults.create_ddp_model = _create_ddp_model
+    if cpu:
+        d2_defaults.AMPTrainer = SimpleTrainer
     try:
         yield
     finally:
-        d2_defaults.create_ddp_model = original
+        d2_defaults.create_ddp_model, d2_defaults.AMPTrainer = saved
 
 
 class Trainer(DefaultTrainer):
@@ -165,7 +177,10 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        with _cpu_safe_ddp():
+        cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        if cpu and cfg.SOLVER.AMP.ENABLED:
+            logger.info("SOLVER.AMP.ENABLED on the CPU: training in bfloat16 autocast")
+        with _cpu_engine(cpu):
             super().__init__(cfg)
 
     def build_hooks(self):

@@ -3,6 +3,7 @@ Speed-ups that keep the model's parameters, state dict and (up to float rounding
 FrozenBatchNorm folded into the preceding convolution, channels-last memory format, and
 reduced-precision inference.
 """
+
 from typing import Optional, Tuple
 
 import torch
@@ -10,7 +11,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["FrozenBNFoldedConv2d", "fold_frozen_batchnorm", "inference_dtype"]
+__all__ = ["FrozenBNFoldedConv2d", "fold_frozen_batchnorm", "precision_dtype"]
 
 
 class FrozenBNFoldedConv2d(Conv2d):
@@ -70,8 +71,8 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     return count
 
 
-def inference_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of MODEL.FCOS.INFERENCE_PRECISION ("", "bf16", "fp16") on device."""
+def precision_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of a precision name ("", "bf16", "fp16") on device (None: fp32)."""
     if name in ("", "fp32", "float32"):
         return None
     if name in ("bf16", "bfloat16"):

@@ -112,17 +112,24 @@ def fcos_losses(
         logits.float(), cls_targets, alpha=focal_alpha, gamma=focal_gamma, reduction="sum"
     )
 
-    pos_reg_targets = reg_targets[pos]
-    ctr_targets = compute_centerness_targets(pos_reg_targets)
+    # Box and centerness losses on positives, computed densely with masks (no boolean
+    # indexing: no host sync, static shapes). Negatives get a harmless unit box.
+    mask = pos[..., None]
+    targets = torch.where(mask, reg_targets.float(), 1.0)
+    preds = torch.where(mask, box_reg.float(), 1.0)
+    posf = pos.to(torch.float32)
+    ctr_targets = compute_centerness_targets(targets) * posf
+    loc = iou_loss(preds.reshape(-1, 4), targets.reshape(-1, 4), loc_loss_type, reduction="none")
+    loc = loc.reshape(pos.shape) * posf
     if loc_weight_by_centerness:
         loc_normalizer = average_across_workers(ctr_targets.sum()).clamp(min=1e-6)
-        loss_loc = iou_loss(box_reg[pos], pos_reg_targets, loc_loss_type, weight=ctr_targets)
-        loss_loc = loss_loc / loc_normalizer
+        loss_loc = (loc * ctr_targets).sum() / loc_normalizer
     else:
-        loss_loc = iou_loss(box_reg[pos], pos_reg_targets, loc_loss_type) / num_pos
-    loss_ctr = F.binary_cross_entropy_with_logits(
-        centerness[pos].float(), ctr_targets, reduction="sum"
-    )
+        loss_loc = loc.sum() / num_pos
+    loss_ctr = (
+        F.binary_cross_entropy_with_logits(centerness.float(), ctr_targets, reduction="none")
+        * posf
+    ).sum()
     return {
         "loss_fcos_cls": loss_cls / num_pos * weights["loss_fcos_cls"],
         "loss_fcos_loc": loss_loc * weights["loss_fcos_loc"],

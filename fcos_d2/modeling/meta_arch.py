@@ -10,7 +10,7 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from .assigner import build_fcos_assigner
-from .fast import inference_dtype
+from .fast import precision_dtype
 from .head import build_fcos_head
 from .inference import fcos_inference
 from .locations import compute_locations
@@ -59,6 +59,7 @@ class FCOS(DenseDetector):
         sqrt_score: bool = False,
         channels_last: bool = False,
         inference_precision: str = "",
+        train_precision: str = "",
     ):
         """
         Args:
@@ -88,7 +89,9 @@ class FCOS(DenseDetector):
         if channels_last:
             self.to(memory_format=torch.channels_last)
         self.inference_precision = inference_precision
-        inference_dtype(inference_precision, "cuda")  # validate the name early
+        self.train_precision = train_precision
+        precision_dtype(inference_precision, "cuda")  # validate the names early
+        precision_dtype(train_precision, "cuda")
         self.inference_kwargs = dict(
             score_thresh=score_thresh_test,
             topk_candidates=topk_candidates_test,
@@ -136,11 +139,19 @@ class FCOS(DenseDetector):
             "sqrt_score": f.SQRT_SCORE,
             "channels_last": f.CHANNELS_LAST,
             "inference_precision": f.INFERENCE_PRECISION,
+            # On GPUs Detectron2's AMPTrainer autocasts; on the CPU the model does (bf16).
+            "train_precision": "bf16"
+            if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+            else "",
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        """See :class:`DenseDetector`; inference runs in ``inference_precision``."""
-        dtype = None if self.training else inference_dtype(self.inference_precision, self.device)
+        """
+        See :class:`DenseDetector`. Inference runs in ``inference_precision``, training in
+        ``train_precision`` (autocast; losses are computed in fp32).
+        """
+        precision = self.train_precision if self.training else self.inference_precision
+        dtype = precision_dtype(precision, self.device)
         if dtype is None:
             return super().forward(batched_inputs)
         with torch.autocast(self.device.type, dtype=dtype):
