@@ -103,3 +103,6 @@ def add_fcos_config(cfg: CN) -> None:
     # Inference precision: "" (fp32), "bf16" (autocast; CPUs with AVX512-BF16/AMX, and
     # GPUs) or "fp16" (autocast, GPU only). Training precision is SOLVER.AMP.ENABLED.
     _C.INFERENCE_PRECISION = ""
+    # Run backbone + head through torch.compile (the first call of each input shape
+    # compiles, which takes minutes on a CPU). Off by default.
+    _C.COMPILE = False

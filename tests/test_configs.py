@@ -1,4 +1,5 @@
 """Every config in configs/ merges and builds a model on the CPU."""
+
 import glob
 import os
 
@@ -32,7 +33,7 @@ def test_build_model(path):
     model = build_model(cfg)
     assert type(model).__name__ == "FCOS"
     assert model.num_classes == cfg.MODEL.FCOS.NUM_CLASSES
-    assert model.strides == [8, 16, 32, 64, 128]
+    assert model.strides == [8, 16, 32, 64, 128][: len(cfg.MODEL.FCOS.IN_FEATURES)]
     assert model.head.cls_logits.out_channels == cfg.MODEL.FCOS.NUM_CLASSES
     assert all(p.device == torch.device("cpu") for p in model.parameters())
 
@@ -49,3 +50,43 @@ def test_paper_recipe():
     assert (f.CENTER_SAMPLING_RADIUS, f.LOC_LOSS_TYPE, f.NORM_REG_TARGETS) == (0.0, "iou", False)
     assert (f.SCORE_THRESH_TEST, f.NMS_THRESH_TEST, f.TOPK_CANDIDATES_TEST) == (0.05, 0.6, 1000)
     assert list(f.SIZES_OF_INTEREST) == [64, 128, 256, 512] and f.LOCATION_OFFSET == 0.5
+
+
+@pytest.mark.parametrize(
+    "name,depth,weights",
+    [
+        ("FCOS_R50_2x_ms.yaml", 50, "detectron2://ImageNetPretrained/MSRA/R-50.pkl"),
+        ("FCOS_R101_2x_ms.yaml", 101, "detectron2://ImageNetPretrained/MSRA/R-101.pkl"),
+        ("FCOS_X101_32x8d_2x_ms.yaml", 101, "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl"),
+    ],
+)
+def test_multiscale_2x_schedules(name, depth, weights):
+    cfg = load_cfg(os.path.join(ROOT, "configs", name))
+    assert cfg.MODEL.RESNETS.DEPTH == depth and cfg.MODEL.WEIGHTS == weights
+    assert cfg.SOLVER.MAX_ITER == 180000 and tuple(cfg.SOLVER.STEPS) == (120000, 160000)
+    sizes = tuple(cfg.INPUT.MIN_SIZE_TRAIN)
+    assert min(sizes) == 640 and max(sizes) == 800 and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice"
+    if "X101" in name:  # FAIR's ResNeXt weights: stride in the 3x3 conv, ImageNet std
+        assert cfg.MODEL.RESNETS.NUM_GROUPS == 32 and cfg.MODEL.RESNETS.WIDTH_PER_GROUP == 8
+        assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.MODEL.PIXEL_STD[0] > 50
+
+
+def test_three_level_head_has_no_p6_p7_block():
+    cfg = load_cfg(os.path.join(ROOT, "configs", "quickstart.yaml"))
+    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5"]
+    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64]
+    model = build_model(cfg)
+    assert sorted(model.backbone.output_shape()) == ["p3", "p4", "p5"]
+    assert model.strides == [8, 16, 32] and len(model.head.scales) == 3
+    assert not any("top_block" in name for name, _ in model.named_parameters())
+
+
+def test_top_block_from_res5():
+    cfg = load_cfg(os.path.join(ROOT, "configs", "quickstart.yaml"))
+    cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE = "res5"
+    model = build_model(cfg)
+    res5 = model.backbone.bottom_up.output_shape()["res5"].channels
+    assert model.backbone.top_block.p6.in_channels == res5 != cfg.MODEL.FPN.OUT_CHANNELS
+    cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE = "c5"
+    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE"):
+        build_model(cfg)

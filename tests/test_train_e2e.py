@@ -112,3 +112,42 @@ def test_default_predictor_returns_boxes_on_a_bgr_image(trained):
     batch = BatchPredictor(cfg, batch_size=2)([image, image[:100]])
     torch.testing.assert_close(batch[0]["instances"].scores, out.scores)
     assert batch[1]["instances"].image_size == (100, 200)
+
+
+def test_cpu_amp_trains_in_bfloat16(tmp_path):
+    proc = run_train_net(
+        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.AMP.ENABLED",
+         "True", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "TEST.EVAL_PERIOD", "0",
+         "DATASETS.TEST", "()", *TINY_OPTS],
+        tiny_env(tmp_path / "cache"),
+    )  # fmt: skip
+    assert "training in bfloat16 autocast" in proc.stdout
+    losses = [r for r in metrics(tmp_path / "out") if "loss_fcos_cls" in r]
+    assert losses[-1]["iteration"] == 2 and all(np.isfinite(r["total_loss"]) for r in losses)
+
+
+def test_bf16_autocast_reaches_the_convolutions():
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    c = get_cfg()
+    fcos_d2.add_fcos_config(c)
+    c.merge_from_file(QUICKSTART)
+    c.merge_from_list(TINY_OPTS)
+    c.MODEL.DEVICE = "cpu"
+    c.SOLVER.AMP.ENABLED = True
+    c.MODEL.FCOS.INFERENCE_PRECISION = "bf16"
+    model = build_model(c)
+    seen = []
+    model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    image = torch.randint(0, 256, (3, 64, 96)).float()
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": image}])[0]["instances"]
+    assert seen[-1] == torch.bfloat16 and out.scores.dtype == torch.float32
+    model.train()
+    inst = Instances((64, 96), gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
+                     gt_classes=torch.tensor([1]))  # fmt: skip
+    losses = model([{"image": image, "instances": inst}])
+    assert seen[-1] == torch.bfloat16
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

@@ -14,7 +14,9 @@ Sections:
   2. a training iteration (batch 2, 512x512, 10 boxes per image, forward + backward + SGD);
   3. FCOS-specific time (locations + assignment + losses; decoding + NMS) as a share;
   4. assignment + loss time and peak memory for 10..5000 boxes per image at 800x1333;
-  5. COCO evaluation time on the built-in val set: pycocotools vs the fastest backend.
+  5. COCO evaluation time on the built-in val set: pycocotools vs the fastest backend;
+  6. AP of bf16 inference against fp32 on the built-in val set (needs a trained model,
+     by default the quickstart's output/quickstart/model_final.pth).
 Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
 """
 import argparse
@@ -289,6 +291,37 @@ def coco_eval_section() -> Dict[str, object]:
     return out
 
 
+def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
+    """COCO AP of a trained model on its test set in fp32 and in bf16 inference."""
+    from detectron2.config import get_cfg
+    from detectron2.evaluation import inference_on_dataset
+    from detectron2.modeling import build_model
+
+    import fcos_d2
+    from fcos_d2.engine import FCOSCheckpointer, Trainer
+
+    out = {}
+    for precision in ("", "bf16"):
+        cfg = get_cfg()
+        fcos_d2.add_fcos_config(cfg)
+        cfg.merge_from_file(config_file)
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.MODEL.FCOS.INFERENCE_PRECISION = precision
+        model = build_model(cfg)
+        FCOSCheckpointer(model, strict=True).load(weights)
+        name = cfg.DATASETS.TEST[0]
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            res = inference_on_dataset(
+                model, Trainer.build_test_loader(cfg, name),
+                Trainer.build_evaluator(cfg, name, output_folder="/tmp/fcos_d2_bench_eval"),
+            )  # fmt: skip
+        out[precision or "fp32"] = res["bbox"]["AP"]
+    out["bf16_minus_fp32"] = out["bf16"] - out["fp32"]
+    print(f"  AP fp32 {out['fp32']:.2f}, bf16 {out['bf16']:.2f} "
+          f"(difference {out['bf16_minus_fp32']:+.2f})")  # fmt: skip
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats and box counts")
@@ -296,6 +329,9 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference train "
                    "share assign coco")  # fmt: skip
+    p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
+                   help="trained model for the bf16-vs-fp32 AP check (section 6)")
+    p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 10
@@ -335,6 +371,12 @@ def main(argv=None) -> dict:
     if "coco" not in args.skip:
         print("5. COCO evaluation on fcos_synth_val")
         results["coco_eval"] = coco_eval_section()
+    if "ap" not in args.skip:
+        print("6. AP of bf16 inference vs fp32 on the built-in val set")
+        if os.path.isfile(args.weights):
+            results["precision_ap"] = precision_ap_section(args.weights_config, args.weights)
+        else:
+            print(f"  skipped: no trained model at {args.weights} (run `make demo` first)")
     results["ratios"] = ratios
     print("ratios (fcos-d2 / torchvision speed):", json.dumps(ratios, indent=1))
     if args.json:

@@ -54,14 +54,14 @@ logger = logging.getLogger(__name__)
 SYNTH_CLASSES: tuple[str, ...] = ("disk", "rectangle", "triangle", "ring", "cross")
 
 #: Version of the generator; part of the cache path, bump it when the output changes.
-SYNTH_VERSION = "fcos_synth_v1"
+SYNTH_VERSION = "fcos_synth_v2"
 
 # Smallest allowed short side (px) and largest aspect ratio per class.
 _MIN_SIDE = {"disk": 8, "rectangle": 8, "triangle": 9, "ring": 10, "cross": 9}
 _MAX_ASPECT = {"disk": 3.0, "rectangle": 3.0, "triangle": 3.0, "ring": 2.5, "cross": 2.5}
 _MIN_LONG_SIDE = 10  # lower end of the log-uniform long side
 _MAX_SIDE_FRAC = 0.9  # upper end, relative to the image side
-_MAX_OBJECTS = 8
+_MAX_OBJECTS = 14
 _EMPTY_PROB = 0.05
 _MAX_OCCLUDED = 0.6  # an earlier object may lose at most this fraction of its pixels
 _PLACE_ATTEMPTS = 20
@@ -116,8 +116,10 @@ class SynthObject:
 
 
 def _announce(msg: str) -> None:
+    """Log ``msg``; print it too when no logging handler would show it."""
     logger.info(msg)
-    print(msg, flush=True)
+    if not logger.isEnabledFor(logging.INFO) or not logger.hasHandlers():
+        print(msg, flush=True)
 
 
 # ----------------------------------------------------------------------------- drawing

@@ -154,21 +154,22 @@ def match_locations_to_boxes(
         return _match_chunk(
             locations, size_lo, size_hi, radii, gt_boxes, areas, centers, center_sampling
         )
-    return torch.cat(
-        [
-            _match_chunk(
-                locations[i : i + chunk],
-                size_lo[i : i + chunk],
-                size_hi[i : i + chunk],
-                radii[i : i + chunk],
-                gt_boxes,
-                areas,
-                centers,
-                center_sampling,
-            )
-            for i in range(0, num_locations, chunk)
-        ]
-    )
+    # Many boxes: process locations in chunks (bounded memory). A chunk is a band of rows
+    # of one level, so only the boxes that overlap the band's y-range can match in it.
+    out = torch.full((num_locations,), -1, dtype=torch.int64, device=locations.device)
+    for i in range(0, num_locations, chunk):
+        sl = slice(i, i + chunk)
+        ys = locations[sl, 1]
+        near = (gt_boxes[:, 1] < ys.max()) & (gt_boxes[:, 3] > ys.min())
+        idx = near.nonzero().squeeze(1)
+        if len(idx) == 0:
+            continue
+        found = _match_chunk(
+            locations[sl], size_lo[sl], size_hi[sl], radii[sl], gt_boxes[idx], areas[idx],
+            centers[idx], center_sampling,
+        )  # fmt: skip
+        out[sl] = torch.where(found >= 0, idx[found.clamp(min=0)], -1)
+    return out
 
 
 @FCOS_ASSIGNER_REGISTRY.register()

@@ -19,27 +19,32 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
     Output features p3..p7 with strides 8..128 (for FPN.IN_FEATURES = res3, res4, res5).
     With ``cfg.MODEL.FCOS.FOLD_FROZEN_BN``, each conv + FrozenBatchNorm2d of the ResNet runs
-    as one convolution (same parameters and outputs, see fast.py).
+    as one convolution (same parameters and outputs, see fast.py). Without p6/p7 in
+    ``cfg.MODEL.FCOS.IN_FEATURES`` the P6/P7 block is left out.
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    top_in = cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE
-    if top_in == "p5":
-        top_in_channels = out_channels
-    elif top_in in bottom_up.output_shape():
-        top_in_channels = bottom_up.output_shape()[top_in].channels
-    else:
-        raise ValueError(
-            f"MODEL.FCOS.TOP_BLOCK_IN_FEATURE must be 'p5' or a ResNet output "
-            f"({sorted(bottom_up.output_shape())}), got {top_in!r}"
-        )
     if cfg.MODEL.FCOS.FOLD_FROZEN_BN:
         fold_frozen_batchnorm(bottom_up)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    top_block = None
+    # A head on P3-P5 only gets no P6/P7 convs (DDP needs every parameter used).
+    if {"p6", "p7"} & set(cfg.MODEL.FCOS.IN_FEATURES):
+        top_in = cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE
+        if top_in == "p5":
+            top_in_channels = out_channels
+        elif top_in in bottom_up.output_shape():
+            top_in_channels = bottom_up.output_shape()[top_in].channels
+        else:
+            raise ValueError(
+                f"MODEL.FCOS.TOP_BLOCK_IN_FEATURE must be 'p5' or a ResNet output "
+                f"({sorted(bottom_up.output_shape())}), got {top_in!r}"
+            )
+        top_block = LastLevelP6P7(top_in_channels, out_channels, in_feature=top_in)
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=out_channels,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(top_in_channels, out_channels, in_feature=top_in),
+        top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )

@@ -60,6 +60,7 @@ class FCOS(DenseDetector):
         channels_last: bool = False,
         inference_precision: str = "",
         train_precision: str = "",
+        compile: bool = False,
     ):
         """
         Args:
@@ -92,6 +93,8 @@ class FCOS(DenseDetector):
         self.train_precision = train_precision
         precision_dtype(inference_precision, "cuda")  # validate the names early
         precision_dtype(train_precision, "cuda")
+        self.compile = compile
+        self._compiled = False
         self.inference_kwargs = dict(
             score_thresh=score_thresh_test,
             topk_candidates=topk_candidates_test,
@@ -139,6 +142,7 @@ class FCOS(DenseDetector):
             "sqrt_score": f.SQRT_SCORE,
             "channels_last": f.CHANNELS_LAST,
             "inference_precision": f.INFERENCE_PRECISION,
+            "compile": f.COMPILE,
             # On GPUs Detectron2's AMPTrainer autocasts; on the CPU the model does (bf16).
             "train_precision": "bf16"
             if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
@@ -148,8 +152,15 @@ class FCOS(DenseDetector):
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """
         See :class:`DenseDetector`. Inference runs in ``inference_precision``, training in
-        ``train_precision`` (autocast; losses are computed in fp32).
+        ``train_precision`` (autocast; losses are computed in fp32); with ``compile`` the
+        backbone and head run through torch.compile.
         """
+        if self.compile and not self._compiled:
+            # Compile the forward functions, not the modules: parameters, state dict and
+            # checkpoints stay those of the eager model.
+            self.backbone.forward = torch.compile(self.backbone.forward)
+            self.head.forward = torch.compile(self.head.forward)
+            self._compiled = True
         precision = self.train_precision if self.training else self.inference_precision
         dtype = precision_dtype(precision, self.device)
         if dtype is None:
