@@ -180,7 +180,7 @@ def test_lazy_registration(
     meta = MetadataCatalog.get("fcos_synth_val")
     assert meta.evaluator_type == "coco"
     assert meta.thing_classes == list(SYNTH_CLASSES)
-    assert meta.json_file.startswith(str(cache / "datasets" / "fcos_synth_v1"))
+    assert meta.json_file.startswith(str(cache / "datasets" / builtin.SYNTH_VERSION))
     assert (
         "n3_s1" in meta.json_file and "n5_s0" in MetadataCatalog.get("fcos_synth_train").json_file
     )

@@ -140,13 +140,14 @@ def test_bf16_autocast_reaches_the_convolutions():
     model = build_model(c)
     seen = []
     model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    image = torch.randint(0, 256, (3, 64, 96)).float()
+    # 200x260 pads to 256x384: P7 is 2x3, so GroupNorm sees more than one value per group.
+    image = torch.randint(0, 256, (3, 200, 260)).float()
     model.eval()
     with torch.no_grad():
         out = model([{"image": image}])[0]["instances"]
     assert seen[-1] == torch.bfloat16 and out.scores.dtype == torch.float32
     model.train()
-    inst = Instances((64, 96), gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
+    inst = Instances((200, 260), gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
                      gt_classes=torch.tensor([1]))  # fmt: skip
     losses = model([{"image": image, "instances": inst}])
     assert seen[-1] == torch.bfloat16
