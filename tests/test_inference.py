@@ -56,6 +56,29 @@ def test_topk_per_group_small_cases():
     assert empty.shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_topk_per_group_signed_scores_ties_and_large_groups(dtype):
+    # The integer-key sort must rank negatives, -0.0/+0.0, infinities and ties exactly as a
+    # stable sort by decreasing score would, for group ids far above the number of scores.
+    g = torch.Generator().manual_seed(7)
+    values = torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 0.25, 2.0, float("inf"),
+                           -float("inf"), 1e30, -1e30])  # fmt: skip
+    scores = values[torch.randint(0, len(values), (300,), generator=g)].to(dtype)
+    groups = torch.randint(0, 4, (300,), generator=g) * (2**31 - 1) // 3
+    for k in (1, 5, 300):
+        expected = []
+        for grp in sorted(set(groups.tolist())):
+            members = [i for i in range(300) if groups[i] == grp]
+            # Python's sort is stable; -0.0 == 0.0, so compare as the sort key does.
+            members.sort(key=lambda i: -float(scores[i]))
+            expected.extend(members[:k])
+        got = topk_per_group(scores, groups, k).tolist()
+        # +0.0 and -0.0 compare equal in Python but may be ranked either way round here;
+        # compare the ranked scores per group and the selected index sets otherwise.
+        assert [float(scores[i]) for i in got] == [float(scores[i]) for i in expected]
+        assert [int(groups[i]) for i in got] == [int(groups[i]) for i in expected]
+
+
 # ------------------------------------------------------------------- decode_boxes
 
 

@@ -15,18 +15,35 @@ def decode_boxes(locations: Tensor, ltrb: Tensor) -> Tensor:
     return torch.cat((locations - ltrb[:, :2], locations + ltrb[:, 2:]), dim=1)
 
 
+def _descending_key(scores: Tensor) -> Tensor:
+    """(K,) float scores -> (K,) int64 in [0, 2**32) that sorts ascending as scores descend."""
+    bits = scores.float().view(torch.int32).long() & 0xFFFFFFFF  # IEEE-754 bits as uint32
+    # Order-preserving map of float32 bits onto uint32: flip every bit of negatives and
+    # only the sign bit of the rest; then reverse for a descending order.
+    ascending = torch.where(bits >= 0x80000000, 0xFFFFFFFF - bits, bits + 0x80000000)
+    return 0xFFFFFFFF - ascending
+
+
 def topk_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
     """
     Indices of the ``k`` highest scores within each group, without a loop over groups.
 
+    One integer sort of (group, score) keys: group ids in the high 32 bits, the score's
+    order-preserving float32 bits in the low ones (integer sorts are several times faster
+    than float sorts on the CPU). Equal scores keep index order; float64 scores take a
+    two-pass sort so that they are ranked exactly.
+
     Args:
-        scores: (K,) scores; groups: (K,) int64 group ids.
+        scores: (K,) scores; groups: (K,) int64 group ids in [0, 2**31).
 
     Returns:
         (K',) indices into scores, ordered by group then by decreasing score.
     """
-    order = torch.argsort(scores, descending=True, stable=True)
-    order = order[torch.argsort(groups[order], stable=True)]
+    if scores.dtype == torch.float64:
+        order = torch.argsort(scores, descending=True, stable=True)
+        order = order[torch.argsort(groups[order], stable=True)]
+    else:
+        order = torch.argsort((groups.long() << 32) | _descending_key(scores), stable=True)
     sorted_groups = groups[order]
     first_of_group = torch.searchsorted(sorted_groups, sorted_groups, right=False)
     rank = torch.arange(len(order), device=scores.device) - first_of_group
