@@ -15,7 +15,8 @@ Sections:
      size), e.g. 800 // 13 = 61 px for P6 at 800x1333 where the stride is 64, which moves
      its P6/P7 boxes; the agreement is checked with fcos-d2 using the same rounding and
      the box difference with the paper's strides is reported beside it;
-  2. a training iteration (batch 2, 512x512, 10 boxes per image, forward + backward + SGD);
+  2. a training iteration (batch 2, 512x512, 10 boxes per image, forward + backward + SGD),
+     fp32, and fcos-d2 also with bf16 autocast (SOLVER.AMP.ENABLED on the CPU);
   3. FCOS-specific time (locations + assignment + losses; decoding + NMS) as a share;
   4. assignment + loss time and peak memory for 10..5000 boxes per image at 800x1333;
   5. COCO evaluation time on the built-in val set: pycocotools vs the fastest backend;
@@ -28,8 +29,8 @@ import contextlib
 import copy
 import json
 import os
-import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, List
@@ -180,35 +181,37 @@ def training_inputs(n_images=2, size=512, n_boxes=10, num_classes=91):
     return images, targets, inputs
 
 
-def training_section(tv, ours, repeats) -> Dict[str, float]:
+def training_section(tv, ours, repeats, ours_bf16=None) -> Dict[str, float]:
+    """
+    Seconds per SGD step of torchvision and fcos-d2 in fp32 (and, given ``ours_bf16``,
+    fcos-d2 with bf16 autocast as SOLVER.AMP.ENABLED trains on the CPU), interleaved.
+    """
     images, targets, inputs = training_inputs()
     tv.transform.min_size = (512,)
     tv.transform.max_size = 512
-    tv.train()
-    ours.train()
 
-    def sgd(model):
+    def sgd_step(model, run):
+        model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
-    opt_tv, opt_ours = sgd(tv), sgd(ours)
+        def step():
+            losses = run(model)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
 
-    def step_tv():
-        losses = tv([im / 255.0 for im in images], targets)
-        opt_tv.zero_grad()
-        sum(losses.values()).backward()
-        opt_tv.step()
+        return step
 
-    def step_ours():
-        losses = ours(inputs)
-        opt_ours.zero_grad()
-        sum(losses.values()).backward()
-        opt_ours.step()
-
-    times = timeit_interleaved({"tv": step_tv, "ours": step_ours}, repeats, warmup=2)
-    t_tv, t_ours = times["tv"], times["ours"]
-    print(f"  torchvision {t_tv:.3f} s/step, fcos-d2 {t_ours:.3f} s/step")
-    return {"torchvision_s": t_tv, "fcos_d2_s": t_ours}
+    steps = {
+        "torchvision_s": sgd_step(tv, lambda m: m([im / 255.0 for im in images], targets)),
+        "fcos_d2_s": sgd_step(ours, lambda m: m(inputs)),
+    }
+    if ours_bf16 is not None:
+        steps["fcos_d2_bf16_s"] = sgd_step(ours_bf16, lambda m: m(inputs))
+    times = timeit_interleaved(steps, repeats, warmup=2)
+    print("  " + ", ".join(f"{k[:-2]} {v:.3f} s/step" for k, v in times.items()))
+    return times
 
 
 def fcos_share_section(ours, repeats) -> Dict[str, float]:
@@ -266,38 +269,71 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
     return share
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    raise KeyError(field)
 
 
-def assignment_section(ours, box_counts, repeats) -> Dict[str, dict]:
-    """Assignment + losses on synthetic head outputs of one 800x1333 image."""
-    strides = ours.strides
-    shapes = [((800 + s - 1) // s, (1344 + s - 1) // s) for s in strides]
+def assignment_case(model, n: int) -> Callable[[], None]:
+    """
+    Assignment + losses + backward for ``n`` random boxes on one 800x1333 image, on
+    synthetic head outputs (so that only the FCOS-specific work is measured).
+    """
     from fcos_d2.modeling.locations import compute_locations
 
-    locations = compute_locations(shapes, strides, ours.location_offset)
+    strides = model.strides
+    shapes = [((800 + s - 1) // s, (1344 + s - 1) // s) for s in strides]
+    locations = compute_locations(shapes, strides, model.location_offset)
     num_loc = sum(len(x) for x in locations)
-    c = ours.num_classes
-    g = torch.Generator().manual_seed(0)
+    c = model.num_classes
+    g = torch.Generator().manual_seed(n)
     logits = torch.randn(1, num_loc, c, generator=g, requires_grad=True)
     box_reg = (torch.rand(1, num_loc, 4, generator=g) * 100 + 1).requires_grad_()
     ctr = torch.randn(1, num_loc, generator=g, requires_grad=True)
+    boxes = random_boxes(n, 800, 1333, seed=n)
+    gt = [Instances((800, 1333), gt_boxes=Boxes(boxes),
+                    gt_classes=torch.randint(0, c, (n,), generator=g))]  # fmt: skip
+
+    def run():
+        targets = model.assigner(locations, strides, gt)
+        losses = fcos_losses(logits, box_reg, ctr, targets.labels, targets.reg_targets,
+                             **model.loss_kwargs)  # fmt: skip
+        sum(losses.values()).backward()
+
+    return run
+
+
+def assignment_memory_mb(n: int) -> float:
+    """
+    Peak resident-memory growth of one :func:`assignment_case` run, measured in a fresh
+    process (so that memory freed by earlier work cannot hide it): VmHWM after the run
+    minus VmRSS before it.
+    """
+    code = (
+        "import sys, json, torch; sys.path.insert(0, sys.argv[1]);"
+        "import benchmark as b;"
+        "from fcos_d2.reference import seeded_torchvision_fcos, fcos_d2_twin;"
+        "m, _ = fcos_d2_twin(seeded_torchvision_fcos(seed=0, num_classes=91));"
+        "run = b.assignment_case(m, int(sys.argv[2]));"
+        "before = b._status_mb('VmRSS'); run();"
+        "print(json.dumps(b._status_mb('VmHWM') - before))"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    cmd = [sys.executable, "-c", code, os.path.join(ROOT, "tools"), str(n)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def assignment_section(ours, box_counts, repeats) -> Dict[str, dict]:
+    """Time (in this process) and peak memory (in a fresh one) of assignment + losses."""
     results = {}
-    base = _peak_rss_mb()
     for n in box_counts:
-        boxes = random_boxes(n, 800, 1333, seed=n)
-        gt = [Instances((800, 1333), gt_boxes=Boxes(boxes),
-                        gt_classes=torch.randint(0, c, (n,), generator=g))]  # fmt: skip
-
-        def run(gt=gt):
-            targets = ours.assigner(locations, strides, gt)
-            losses = fcos_losses(logits, box_reg, ctr, targets.labels, targets.reg_targets,
-                                 **ours.loss_kwargs)  # fmt: skip
-            sum(losses.values()).backward()
-
-        t = timeit(run, repeats, warmup=1)
-        results[str(n)] = {"seconds": t, "peak_rss_growth_mb": _peak_rss_mb() - base}
+        t = timeit(assignment_case(ours, n), repeats, warmup=1)
+        results[str(n)] = {"seconds": t, "peak_rss_growth_mb": assignment_memory_mb(n)}
         print(f"  {n:5d} boxes: {t * 1e3:8.1f} ms, peak RSS growth "
               f"{results[str(n)]['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
     return results
@@ -411,9 +447,11 @@ def main(argv=None) -> dict:
     share_model = copy.deepcopy(ours)
     if "train" not in args.skip:
         print("2. training step (batch 2, 512x512, 10 boxes/image)")
-        tr = training_section(tv, ours, repeats)
+        amp, _ = fcos_d2_twin(tv, "SOLVER.AMP.ENABLED", "True")
+        tr = training_section(tv, ours, repeats, ours_bf16=amp)
         results["train_step"] = tr
         ratios["train_step"] = tr["torchvision_s"] / tr["fcos_d2_s"]
+        ratios["train_step_bf16"] = tr["torchvision_s"] / tr["fcos_d2_bf16_s"]
     if "share" not in args.skip:
         print("3. FCOS-specific share")
         results["fcos_specific"] = fcos_share_section(share_model, repeats)
