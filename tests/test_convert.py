@@ -390,8 +390,6 @@ def test_error_missing_file(tmp_path):
         convert_checkpoint(missing, str(tmp_path / "out.pth"), "fcos")
 
 
-
-
 @pytest.mark.parametrize(
     "name,text",
     [
@@ -444,3 +442,23 @@ def test_cli_wrong_source_exits_2(fcos_ckpt, workdir):
     assert len(errors) == 1 and "looks like a fcos checkpoint" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not os.path.exists(out_path)
+
+
+def test_cli_failed_config_check_keeps_the_old_output(tv_ckpt, workdir):
+    """91 kept classes do not fit the 80-class compat config: exit 2, output untouched."""
+    _, in_path = tv_ckpt
+    out_path = os.path.join(str(workdir), "cli_tv91.pth")
+    with open(out_path, "wb") as f:
+        f.write(b"an older file the user still needs")
+    config = "configs/compat/FCOS_R50_torchvision.yaml"
+    proc = _run_tool(
+        "--source", "torchvision", in_path, out_path, "--keep-all-classes", "--config-file", config
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "head.cls_logits.weight (checkpoint (91, 256, 3, 3), model (80, 256, 3, 3))" in (
+        proc.stderr
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr and "wrote" not in proc.stdout
+    with open(out_path, "rb") as f:
+        assert f.read() == b"an older file the user still needs"
+    assert not os.path.exists(out_path + ".unchecked")

@@ -75,17 +75,25 @@ def check_loads(config_file: str, weights: str, full_model: bool = True) -> None
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    result = convert_checkpoint(
-        args.input, args.output, args.source, num_classes=args.num_classes,
-        coco_80=args.coco_80, allow_pickle=args.allow_pickle,
-    )  # fmt: skip
-    for line in report(result):
-        print(line)
-    if args.config_file:
-        full = args.source != "torchvision-resnet"  # a backbone init has no FPN/head
-        check_loads(args.config_file, args.output, full_model=full)
-        what = "no missing or unexpected keys" if full else "no unexpected keys (backbone only)"
-        print(f"loads into {args.config_file} with {what}")
+    # With --config-file the result is written beside OUTPUT and only replaces it once it
+    # loads: a failed check leaves no unchecked file and keeps an older OUTPUT as it was.
+    out = args.output + ".unchecked" if args.config_file else args.output
+    try:
+        result = convert_checkpoint(
+            args.input, out, args.source, num_classes=args.num_classes,
+            coco_80=args.coco_80, allow_pickle=args.allow_pickle,
+        )  # fmt: skip
+        for line in report(result):
+            print(line)
+        if args.config_file:
+            full = args.source != "torchvision-resnet"  # a backbone init has no FPN/head
+            check_loads(args.config_file, out, full_model=full)
+            os.replace(out, args.output)
+            what = "no missing or unexpected keys" if full else "no unexpected keys (backbone only)"
+            print(f"loads into {args.config_file} with {what}")
+    finally:
+        if out != args.output and os.path.exists(out):
+            os.remove(out)
     print(f"wrote {args.output}")
 
 
