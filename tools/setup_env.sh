@@ -4,8 +4,8 @@
 # pycocotools, OpenCV, pytest, ruff and fcos_d2 itself (editable).
 #
 # Detectron2 is not on PyPI. By default it is built from the `pb1-detectron2`
-# sdist (upstream v0.6 sources) without its C++ extension; see
-# ../shared/notes/detectron2-install.md. To use your own Detectron2 instead, set
+# sdist (upstream v0.6 sources) without its C++ extension (README, "Installing
+# Detectron2"). To use your own Detectron2 instead, set
 #   FCOS_D2_DETECTRON2=<pip spec | wheel | path to a source checkout>
 # before running this script (it is installed with --no-build-isolation, so a
 # from-source build sees the venv's torch).

@@ -6,8 +6,8 @@ drawn from ``np.random.default_rng([s, i])``, so the same arguments give byte-id
 
 Layout (``<cache>`` is :func:`default_cache_dir`)::
 
-    <cache>/datasets/fcos_synth_v1/<split>_n<num_images>_s<seed>/<split>.json
-    <cache>/datasets/fcos_synth_v1/<split>_n<num_images>_s<seed>/<split>/000000.png ...
+    <cache>/datasets/fcos_synth_v2/<split>_n<num_images>_s<seed>/<split>.json
+    <cache>/datasets/fcos_synth_v2/<split>_n<num_images>_s<seed>/<split>/000000.png ...
 
 The json file is written last, by an atomic rename: if it exists, the split is complete.
 """
