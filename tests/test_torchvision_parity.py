@@ -53,21 +53,37 @@ def _match(tv_det, ours):
     return box_err, score_err
 
 
-def test_detections_match_torchvision(models):
+# Box tolerance (px). In float64 both models must agree to the issue's 1e-3 px (measured:
+# 2e-5, the rounding of fcos-d2's float32 outputs). In float32 the two run different
+# convolution kernels (fcos-d2 folds FrozenBatchNorm and runs channels-last), and the
+# rounding, amplified by exp() in box decoding, reaches ~1.3e-3 px on 512-px images
+# (measured; 5e-4 with folding and channels-last off): the float32 bound is 5e-3 px,
+# 1e-5 of the image size, far below any error a wrong computation would make.
+BOX_TOL = {torch.float64: 1e-3, torch.float32: 5e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_detections_match_torchvision(models, dtype):
     tv, ours = models
     tv.eval()
     ours.eval()
-    images = _images()
-    with torch.no_grad():
-        tv_out = tv([im / 255.0 for im in images])
-        our_out = ours(
-            [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
-        )
+    images = [im.to(dtype) for im in _images()]
+    try:
+        tv.to(dtype)
+        ours.to(dtype)
+        with torch.no_grad():
+            tv_out = tv([im / 255.0 for im in images])
+            our_out = ours(
+                [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
+            )
+    finally:
+        tv.float()
+        ours.float()
     total = 0
     for tv_det, out in zip(tv_out, our_out):
         inst = out["instances"]
         box_err, score_err = _match(tv_det, inst)
-        assert box_err < 1e-3, box_err
+        assert box_err < BOX_TOL[dtype], box_err
         assert score_err < 1e-4, score_err
         total += len(inst)
     assert total >= 100  # the comparison is not vacuous
