@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from torchvision.ops import batched_nms
 
 import fcos_d2
-from fcos_d2.modeling.inference import decode_boxes, fcos_inference, topk_per_group
+from fcos_d2.modeling.inference import _preselect, decode_boxes, fcos_inference, topk_per_group
 from fcos_d2.modeling.locations import compute_locations
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -77,6 +77,42 @@ def test_topk_per_group_signed_scores_ties_and_large_groups(dtype):
         # compare the ranked scores per group and the selected index sets otherwise.
         assert [float(scores[i]) for i in got] == [float(scores[i]) for i in expected]
         assert [int(groups[i]) for i in got] == [int(groups[i]) for i in expected]
+
+
+@pytest.mark.parametrize("nonnegative", [True, False])
+@pytest.mark.parametrize("k", [1, 7, 60])
+def test_topk_per_group_with_num_groups_and_preselection(k, nonnegative):
+    # Many scores per group (the histogram pre-selection runs when K > 8 k groups), with
+    # exact ties and scores that share the pre-selection's buckets, so that its cut falls
+    # inside a bucket of ties: the result must equal the plain reference anyway.
+    g = torch.Generator().manual_seed(k)
+    n, num_groups = 6000, 3
+    continuous = torch.rand(n, generator=g)
+    tied = torch.tensor([0.5, 0.5 + 2**-20, 0.25, 0.999, 0.0])[
+        torch.randint(0, 5, (n,), generator=g)
+    ]
+    scores = torch.where(torch.rand(n, generator=g) < 0.5, continuous, tied)
+    if not nonnegative:
+        scores = scores - 0.5
+    groups = torch.randint(0, num_groups, (n,), generator=g)
+    groups[groups == 2] = 1  # group 2 is empty; ids stay below num_groups
+    expected = reference_topk_per_group(scores, groups, k)
+    got = topk_per_group(scores, groups, k, num_groups=num_groups, nonnegative=nonnegative)
+    assert got.tolist() == expected
+    assert got.tolist() == topk_per_group(scores, groups, k).tolist()  # default path agrees
+
+
+def test_preselect_keeps_a_small_superset_of_the_topk():
+    g = torch.Generator().manual_seed(3)
+    n, k = 50000, 100
+    scores = torch.rand(n, generator=g)
+    groups = torch.randint(0, 2, (n,), generator=g)
+    key = (0x7FFFFFFF - scores.view(torch.int32)).long()
+    mask = _preselect(key, groups, k, 2, 31)
+    top = reference_topk_per_group(scores, groups, k)
+    assert mask[top].all()
+    # Buckets of 2**15 keys: only a few hundred scores besides the 2 x 100 survive.
+    assert 2 * k <= int(mask.sum()) < 2 * k + 2000, int(mask.sum())
 
 
 # ------------------------------------------------------------------- decode_boxes

@@ -1,6 +1,6 @@
 """FCOS inference: score, select candidates per level, decode, class-aware NMS, top-k per image."""
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import batched_nms
@@ -24,28 +24,78 @@ def _descending_key(scores: Tensor) -> Tensor:
     return 0xFFFFFFFF - ascending
 
 
-def topk_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
+#: Histogram buckets per group of the pre-selection in :func:`topk_per_group`: the top 16
+#: bits of the 32-bit score key (sign, exponent and 7 mantissa bits).
+_BUCKET_BITS = 16
+
+
+def _preselect(key: Tensor, groups: Tensor, k: int, num_groups: int, score_bits: int) -> Tensor:
+    """
+    (K,) bool: a superset of the ``k`` smallest keys of each group, from one histogram of
+    the keys' top bits per group. It keeps every element whose bucket is at or below the
+    first bucket where the group's cumulative count reaches ``k``: exact, ties included.
+    """
+    shift = score_bits - _BUCKET_BITS
+    buckets = key >> shift
+    num_buckets = 1 << _BUCKET_BITS
+    hist = torch.bincount(groups * num_buckets + buckets, minlength=num_groups * num_buckets)
+    cumulative = hist.view(num_groups, num_buckets).cumsum(1)
+    last_bucket = (cumulative < k).sum(1)  # per group; num_buckets: the group has < k
+    return buckets <= last_bucket.index_select(0, groups)
+
+
+def topk_per_group(
+    scores: Tensor,
+    groups: Tensor,
+    k: int,
+    *,
+    num_groups: Optional[int] = None,
+    nonnegative: bool = False,
+) -> Tensor:
     """
     Indices of the ``k`` highest scores within each group, without a loop over groups.
 
-    One integer sort of (group, score) keys: group ids in the high 32 bits, the score's
-    order-preserving float32 bits in the low ones (integer sorts are several times faster
+    One integer sort of (group, score) keys: group ids in the high bits, the score's
+    order-preserving float32 bits below them (integer sorts are several times faster
     than float sorts on the CPU). Equal scores keep index order; float64 scores take a
     two-pass sort so that they are ranked exactly.
 
     Args:
         scores: (K,) scores; groups: (K,) int64 group ids in [0, 2**31).
+        num_groups: if given, every group id is below it. Ranks then come from group
+            counts instead of a binary search, and when there are many more scores than
+            ``k`` per group, a histogram of the keys' top bits per group first discards
+            elements that cannot be among the ``k`` (same result, sorting far fewer).
+        nonnegative: the caller promises scores >= +0.0 (e.g. probabilities), whose
+            float32 bits already sort like the scores: a cheaper key.
 
     Returns:
         (K',) indices into scores, ordered by group then by decreasing score.
     """
+    n = len(scores)
+    groups = groups.long()
     if scores.dtype == torch.float64:
         order = torch.argsort(scores, descending=True, stable=True)
         order = order[torch.argsort(groups[order], stable=True)]
+        sorted_groups = groups[order]
     else:
-        order = torch.argsort((groups.long() << 32) | _descending_key(scores), stable=True)
-    sorted_groups = groups[order]
-    first_of_group = torch.searchsorted(sorted_groups, sorted_groups, right=False)
+        if nonnegative:  # [0, 2**31): bits of +0.0..+inf (and NaN) in reverse order
+            key, score_bits = (0x7FFFFFFF - scores.float().view(torch.int32)).long(), 31
+        else:
+            key, score_bits = _descending_key(scores), 32
+        subset = None
+        if num_groups is not None and n > 8 * k * num_groups and k > 0:
+            subset = _preselect(key, groups, k, num_groups, score_bits).nonzero().squeeze(1)
+            key, groups = key.index_select(0, subset), groups.index_select(0, subset)
+        sorted_keys, order = torch.sort((groups << score_bits) | key, stable=True)
+        sorted_groups = sorted_keys >> score_bits
+        if subset is not None:
+            order = subset.index_select(0, order)
+    if num_groups is not None:
+        counts = torch.bincount(sorted_groups, minlength=num_groups)
+        first_of_group = (counts.cumsum(0) - counts).index_select(0, sorted_groups)
+    else:
+        first_of_group = torch.searchsorted(sorted_groups, sorted_groups, right=False)
     rank = torch.arange(len(order), device=scores.device) - first_of_group
     return order[rank < k]
 
@@ -92,13 +142,23 @@ def fcos_inference(
     if sqrt_score:
         scores = scores.sqrt()
     candidates = (scores if thresh_with_centerness else cls_prob) > score_thresh
-    img, loc, cls = candidates.nonzero(as_tuple=True)
-    cand_scores = scores[img, loc, cls]
+    # Candidates as flat indices into (N, L, C): one gather instead of three index tensors.
+    flat = candidates.reshape(-1).nonzero().squeeze(1)
+    cand_scores = scores.reshape(-1).index_select(0, flat)
+    num_locations = len(level_ids)
 
     if num_levels is None:
         num_levels = int(level_ids.max()) + 1 if len(level_ids) else 1
-    keep = topk_per_group(cand_scores, img * num_levels + level_ids[loc], topk_candidates)
-    img, loc, cls, cand_scores = img[keep], loc[keep], cls[keep], cand_scores[keep]
+    # Group (image, level) of every location of the batch, then of every candidate.
+    image_ids = torch.arange(num_images, device=level_ids.device)
+    loc_groups = (image_ids[:, None] * num_levels + level_ids[None, :]).reshape(-1)
+    keep = topk_per_group(
+        cand_scores, loc_groups.index_select(0, flat // num_classes), topk_candidates,
+        num_groups=num_images * num_levels, nonnegative=True,
+    )  # fmt: skip
+    flat, cand_scores = flat[keep], cand_scores[keep]
+    img_loc, cls = flat // num_classes, flat % num_classes
+    img, loc = img_loc // num_locations, img_loc % num_locations
 
     boxes = decode_boxes(locations[loc], box_reg[img, loc].float())
     sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)[img]
@@ -106,7 +166,11 @@ def fcos_inference(
     boxes = torch.minimum(boxes.clamp(min=0), limit)
 
     keep = batched_nms(boxes, cand_scores, img * num_classes + cls, nms_thresh)
-    keep = keep[topk_per_group(cand_scores[keep], img[keep], max_detections)]
+    keep = keep[
+        topk_per_group(
+            cand_scores[keep], img[keep], max_detections, num_groups=num_images, nonnegative=True
+        )
+    ]
     img, boxes, cand_scores, cls = img[keep], boxes[keep], cand_scores[keep], cls[keep]
 
     counts = torch.bincount(img, minlength=num_images).tolist()
