@@ -24,6 +24,11 @@ def _descending_key(scores: Tensor) -> Tensor:
     return 0xFFFFFFFF - ascending
 
 
+def _nonnegative_descending_key(scores: Tensor) -> Tensor:
+    """(K,) scores >= +0.0 -> (K,) int64 in [0, 2**31) that sorts ascending as scores descend."""
+    return (0x7FFFFFFF - scores.float().view(torch.int32)).long()  # bits of +0.0..+inf, NaN
+
+
 #: Histogram buckets per group of the pre-selection in :func:`topk_per_group`: the top 16
 #: bits of the 32-bit score key (sign, exponent and 7 mantissa bits).
 _BUCKET_BITS = 16
@@ -79,8 +84,8 @@ def topk_per_group(
         order = order[torch.argsort(groups[order], stable=True)]
         sorted_groups = groups[order]
     else:
-        if nonnegative:  # [0, 2**31): bits of +0.0..+inf (and NaN) in reverse order
-            key, score_bits = (0x7FFFFFFF - scores.float().view(torch.int32)).long(), 31
+        if nonnegative:
+            key, score_bits = _nonnegative_descending_key(scores), 31
         else:
             key, score_bits = _descending_key(scores), 32
         subset = None
