@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from .engine.checkpoint import FCOSCheckpointer
 from .errors import InputError
+from .registry import upgrade_legacy_names
 
 __all__ = ["BatchPredictor", "Predictor", "to_bgr_uint8"]
 
@@ -51,6 +52,8 @@ class Predictor(DefaultPredictor):
     def __init__(self, cfg: CfgNode):
         # Not DefaultPredictor.__init__: it loads weights non-strictly.
         self.cfg = cfg.clone()
+        self.cfg.defrost()
+        upgrade_legacy_names(self.cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
         if len(cfg.DATASETS.TEST):

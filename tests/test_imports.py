@@ -1,8 +1,13 @@
 """Every public module of fcos_d2 imports, and importing registers the FCOS parts."""
 import importlib
+import os
 import pkgutil
+import subprocess
+import sys
 
 import fcos_d2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _public_modules():
@@ -23,10 +28,20 @@ def test_every_public_module_imports():
 def test_import_registers_everything():
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
-    from fcos_d2.modeling import FCOS_ASSIGNER_REGISTRY, FCOS_HEAD_REGISTRY
+    from fcos_d2.modeling import (
+        FCOS,
+        FCOS_ASSIGNER_REGISTRY,
+        FCOS_HEAD_REGISTRY,
+        build_fcos_resnet_fpn_backbone,
+    )
 
-    assert META_ARCH_REGISTRY.get("FCOS").__name__ == "FCOS"
-    assert BACKBONE_REGISTRY.get("build_fcos_resnet_fpn_backbone")
+    assert META_ARCH_REGISTRY.get("fcos_d2.FCOS") is FCOS
+    assert BACKBONE_REGISTRY.get("fcos_d2.build_resnet_fpn_backbone") is (
+        build_fcos_resnet_fpn_backbone
+    )
+    # The generic names stay free for Detectron2, AdelaiDet and other extensions.
+    assert "FCOS" not in META_ARCH_REGISTRY
+    assert "build_fcos_resnet_fpn_backbone" not in BACKBONE_REGISTRY
     assert FCOS_HEAD_REGISTRY.get("FCOSHead")
     assert FCOS_ASSIGNER_REGISTRY.get("FCOSAssigner")
 
@@ -34,3 +49,96 @@ def test_import_registers_everything():
 def test_detectron2_engine_imports():
     from detectron2.engine import DefaultPredictor, DefaultTrainer, launch  # noqa: F401
     from detectron2.evaluation import COCOEvaluator  # noqa: F401
+
+
+# AdelaiDet registers these names (adet/modeling/backbone/fpn.py, adet/modeling/fcos/fcos.py,
+# adet/modeling/one_stage_detector.py); Detectron2 main has its own FCOS class (unregistered).
+ADELAIDET_STAND_INS = """
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, PROPOSAL_GENERATOR_REGISTRY
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape):
+    raise RuntimeError("AdelaiDet stand-in")
+
+@META_ARCH_REGISTRY.register()
+class OneStageDetector:
+    pass
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class FCOS:
+    pass
+
+@META_ARCH_REGISTRY.register()
+class FCOS:  # another extension's generic name
+    pass
+"""
+
+
+def test_imports_beside_adelaidet_names():
+    # In a fresh process: AdelaiDet's names are registered first, then fcos_d2 is imported
+    # and builds its model; AdelaiDet's objects stay where they were.
+    code = ADELAIDET_STAND_INS + """
+import fcos_d2
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+cfg = get_cfg()
+fcos_d2.add_fcos_config(cfg)
+cfg.merge_from_file("configs/quickstart.yaml")
+cfg.MODEL.DEVICE = "cpu"
+model = build_model(cfg)
+assert type(model).__module__ == "fcos_d2.modeling.meta_arch", type(model)
+assert BACKBONE_REGISTRY.get("build_fcos_resnet_fpn_backbone").__module__ == "__main__"
+assert META_ARCH_REGISTRY.get("FCOS").__module__ == "__main__"
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_legacy_names_are_upgraded():
+    from detectron2.config import get_cfg
+
+    from fcos_d2.registry import upgrade_legacy_names
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "quickstart.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = "FCOS"
+    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
+    messages = upgrade_legacy_names(cfg)
+    assert cfg.MODEL.META_ARCHITECTURE == "fcos_d2.FCOS"
+    assert cfg.MODEL.BACKBONE.NAME == "fcos_d2.build_resnet_fpn_backbone"
+    assert len(messages) == 2 and "write that in the config" in messages[0]
+    assert upgrade_legacy_names(cfg) == []  # nothing left to rewrite
+    # Another backbone of the same meta-architecture is left alone.
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    assert upgrade_legacy_names(cfg) == []
+
+
+def test_config_with_legacy_names_builds_and_trains_through_train_net(tmp_path):
+    # A config saved by fcos-d2 0.1 (old names) still runs through the entry points, with a
+    # warning that says what to write instead.
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "quickstart.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)  # the meta-architecture upgrades the backbone name itself
+    assert type(model).__name__ == "FCOS"
+    cfg.MODEL.META_ARCHITECTURE = "FCOS"
+    old = tmp_path / "old_config.yaml"
+    old.write_text(cfg.dump())
+    from fcos_d2.engine import argument_parser, setup
+
+    args = argument_parser().parse_args(
+        ["--config-file", str(old), "OUTPUT_DIR", str(tmp_path / "out")]
+    )
+    new = setup(args)
+    assert new.MODEL.META_ARCHITECTURE == "fcos_d2.FCOS"
+    assert new.MODEL.BACKBONE.NAME == "fcos_d2.build_resnet_fpn_backbone"

@@ -56,10 +56,12 @@ def check_loads(config_file: str, weights: str, full_model: bool = True) -> None
 
     import fcos_d2
     from fcos_d2.engine import FCOSCheckpointer
+    from fcos_d2.registry import upgrade_legacy_names
 
     cfg = get_cfg()
     fcos_d2.add_fcos_config(cfg)
     cfg.merge_from_file(config_file)
+    upgrade_legacy_names(cfg)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     checkpointer = FCOSCheckpointer(model, strict=full_model)

@@ -32,6 +32,7 @@ from .. import compat
 from ..config import add_fcos_config
 from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
 from ..errors import InputError
+from ..registry import upgrade_legacy_names
 from .checkpoint import FCOSCheckpointer
 
 __all__ = ["Trainer", "argument_parser", "check_num_classes", "setup"]
@@ -107,6 +108,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
         cfg.merge_from_list(args.opts)
     except (KeyError, AssertionError, ValueError) as e:
         raise InputError(f"command-line config override: {e.args[0] if e.args else e}") from e
+    upgrade_legacy_names(cfg)
     _register_user_data(cfg, args)
     use_cpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if use_cpu:

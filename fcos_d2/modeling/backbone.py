@@ -5,14 +5,16 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from ..registry import BACKBONE_NAME, register_as
 from .fast import fold_frozen_batchnorm
 
 __all__ = ["build_fcos_resnet_fpn_backbone"]
 
 
-@BACKBONE_REGISTRY.register()
+@register_as(BACKBONE_REGISTRY, BACKBONE_NAME)
 def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """
+    Registered as ``"fcos_d2.build_resnet_fpn_backbone"`` (``cfg.MODEL.BACKBONE.NAME``).
     Detectron2's ResNet/ResNeXt (``cfg.MODEL.RESNETS``) and FPN (``cfg.MODEL.FPN``) with
     P6 and P7 from stride-2 3x3 convs on ``cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE``
     ("p5" as in the FCOS paper, or "res5" as in RetinaNet), ReLU between P6 and P7.

@@ -9,6 +9,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
+from ..registry import LEGACY_BACKBONE_NAME, META_ARCH_NAME, register_as, upgrade_legacy_names
 from .assigner import build_fcos_assigner
 from .fast import precision_dtype
 from .head import build_fcos_head
@@ -25,10 +26,11 @@ def cat_levels(per_level: List[Tensor]) -> Tensor:
     return torch.cat([x.permute(0, 2, 3, 1).reshape(n, -1, k) for x in per_level], dim=1)
 
 
-@META_ARCH_REGISTRY.register()
+@register_as(META_ARCH_REGISTRY, META_ARCH_NAME)
 class FCOS(DenseDetector):
     """
-    FCOS (Tian et al., ICCV 2019). Training returns ``loss_fcos_cls``, ``loss_fcos_loc`` and
+    FCOS (Tian et al., ICCV 2019), registered as ``"fcos_d2.FCOS"``
+    (``cfg.MODEL.META_ARCHITECTURE``). Training returns ``loss_fcos_cls``, ``loss_fcos_loc`` and
     ``loss_fcos_ctr``; inference returns per image ``{"instances": Instances}`` rescaled to
     the input's "height" x "width", as Detectron2's other detectors.
     """
@@ -106,6 +108,10 @@ class FCOS(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        if cfg.MODEL.BACKBONE.NAME == LEGACY_BACKBONE_NAME:
+            cfg = cfg.clone()
+            cfg.defrost()
+            upgrade_legacy_names(cfg)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         missing = [f for f in cfg.MODEL.FCOS.IN_FEATURES if f not in shapes]
