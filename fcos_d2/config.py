@@ -1,6 +1,16 @@
 """FCOS config keys. Every key lives under ``cfg.MODEL.FCOS`` and is documented here."""
 
+from typing import Any, Sequence
+
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_fcos_config", "check_choice"]
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise a ValueError naming ``MODEL.FCOS.<key>`` if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"MODEL.FCOS.{key} must be one of {tuple(choices)}, got {value!r}")
 
 
 def add_fcos_config(cfg: CN) -> None:
@@ -24,6 +34,13 @@ def add_fcos_config(cfg: CN) -> None:
     # (floor(s * OFFSET) + x * s, floor(s * OFFSET) + y * s). 0.5 = paper
     # (floor(s / 2)); torchvision's FCOS uses 0.0.
     _C.LOCATION_OFFSET = 0.5
+    # Spacing of a level's locations: "level" (its stride s, paper) or
+    # "padded_size_div_grid" (per axis, padded batch size // feature map size, as
+    # torchvision's AnchorGenerator; differs from "level" where the padded size is not a
+    # multiple of s, e.g. P6/P7 at 800x1344: 800 // 13 = 61, not 64). Only the locations
+    # move: ranges, center sampling and box decoding keep the level's stride, as in
+    # torchvision.
+    _C.LOCATION_STRIDE = "level"
 
     # ------------------------------------------------------------------- head
     # Head class in FCOS_HEAD_REGISTRY.
@@ -49,9 +66,19 @@ def add_fcos_config(cfg: CN) -> None:
     # Assigner class in FCOS_ASSIGNER_REGISTRY.
     _C.ASSIGNER_NAME = "FCOSAssigner"
     # Size-of-interest bounds m_1..m_4 between levels. A location on level i is
-    # positive only if max(l, t, r, b) lies in (m_{i-1}, m_i], with m_0 = 0 and
-    # m_5 = inf. Needs len(IN_FEATURES) - 1 values.
+    # positive only if max(l, t, r, b) lies in the range from m_{i-1} to m_i, with
+    # m_0 = 0 and m_5 = inf. Needs len(IN_FEATURES) - 1 values.
     _C.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # How max(l, t, r, b) is compared with those bounds: "closed", m_{i-1} <= max <= m_i
+    # (paper, sec. 3.2; the original FCOS and AdelaiDet), so a max equal to m_i counts for
+    # level i and for level i + 1; or "open", m_{i-1} < max < m_i (torchvision,
+    # Detectron2's own FCOS), for neither.
+    _C.SIZE_RANGE_BOUNDS = "closed"
+    # Areas compared by the minimal-area rule for locations inside several boxes
+    # (ties: the box listed first wins). "wh": w * h (paper, AdelaiDet);
+    # "wh_plus_one": (w + 1) * (h + 1) (original FCOS, maskrcnn-benchmark's BoxList.area);
+    # "torchvision": float32(1e8 - w * h), so areas within 8 px^2 of each other tie.
+    _C.MATCH_AREA = "wh"
     # Center sampling radius r (in strides): with r > 0 a location is positive
     # only inside the box [cx - r*s, cx + r*s] x [cy - r*s, cy + r*s] clipped to
     # the ground-truth box. 0 disables it (paper); 1.5 is the improvement.
@@ -66,6 +93,11 @@ def add_fcos_config(cfg: CN) -> None:
     # Box loss on positives: "iou" (-log IoU, paper), "giou" (1 - GIoU) or
     # "linear_iou" (1 - IoU).
     _C.LOC_LOSS_TYPE = "iou"
+    # Smoothing term of the IoU: IoU = (I + 1) / (U + 1) with the 1 in "pixel"^2 or in
+    # "stride"^2 units (the units of the regression targets: the original FCOS uses pixels
+    # with NORM_REG_TARGETS off and strides with it on; AdelaiDet always strides), or ""
+    # for none, IoU = I / U (paper, torchvision).
+    _C.IOU_LOSS_SMOOTH = ""
     # Weight each positive's box loss by its centerness target and normalise by
     # the sum of those targets (improvement) instead of by the number of positives.
     _C.LOC_LOSS_WEIGHT_BY_CENTERNESS = False
@@ -90,6 +122,13 @@ def add_fcos_config(cfg: CN) -> None:
     # applied to them) differ.
     _C.SQRT_SCORE = False
     # (Detections kept per image: Detectron2's cfg.TEST.DETECTIONS_PER_IMAGE.)
+    # Clipping of the decoded boxes before NMS: "image" (to [0, w] x [0, h] of the resized
+    # image: torchvision), "image_minus_one" (to [0, w - 1] x [0, h - 1]: original FCOS)
+    # or "" (none: AdelaiDet). Detectron2's detector_postprocess clips the final boxes to
+    # the output size in every case.
+    _C.CLIP_BOXES_TEST = "image"
+    # NMS with the legacy IoU of maskrcnn-benchmark (original FCOS): widths x1 - x0 + 1.
+    _C.NMS_LEGACY_PLUS_ONE = False
 
     # ------------------------------------------------------------------ speed
     # These keep the parameters and state dict, and the fp32 outputs up to float rounding

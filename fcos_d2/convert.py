@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 Rule = Tuple[str, Callable[[re.Match], str]]
+#: Detectron2's FrozenBatchNorm2d epsilon.
+FROZEN_BN_EPS = 1e-5
 _BN = r"(weight|bias|running_mean|running_var)"
 
 
@@ -281,6 +283,13 @@ def convert_state_dict(
         )
     if not out:
         raise InputError(f"no parameters of a {source} checkpoint found")
+    if source == "fcos":
+        # maskrcnn-benchmark's FrozenBatchNorm2d scales by running_var.rsqrt() (no eps);
+        # Detectron2's by (running_var + eps).rsqrt(): store running_var - eps so that both
+        # compute the same scale.
+        for name, value in out.items():
+            if name.startswith("backbone.bottom_up.") and name.endswith(".norm.running_var"):
+                out[name] = value - FROZEN_BN_EPS
     if "head.cls_logits.weight" in out:
         rows = out["head.cls_logits.weight"].shape[0]
         if source == "torchvision" and (coco_80 if coco_80 is not None else rows == 91):

@@ -26,12 +26,14 @@ def _instances(boxes, classes, size=(64, 64)):
     return inst
 
 
-def _assign(boxes, classes, sizes=(16, 32), radius=0.0, max_pairs=4_000_000):
+def _assign(
+    boxes, classes, sizes=(16, 32), radius=0.0, max_pairs=4_000_000, bounds="closed", area="wh"
+):
     """Positives as {(level, x, y): (label, (l, t, r, b))} plus the raw targets."""
     locations = compute_locations(SHAPES, STRIDES, offset=0.5)
     assigner = FCOSAssigner(
         num_classes=BG, sizes_of_interest=sizes, center_sampling_radius=radius,
-        max_pairs=max_pairs,
+        max_pairs=max_pairs, size_range_bounds=bounds, match_area=area,
     )  # fmt: skip
     targets = assigner(locations, STRIDES, [_instances(boxes, classes)])
     level_of = torch.cat([torch.full((len(loc),), i) for i, loc in enumerate(locations)])
@@ -120,6 +122,55 @@ def test_overlapping_boxes_smaller_area_wins():
     assert swapped == positives
 
 
+def test_a_max_equal_to_a_bound_is_positive_when_closed():
+    # Ranges P3 [0, 16], P4 [16, 32], P5 [32, inf] (paper: both bounds included).
+    # Box [-4, -4, 20, 20]: the P3 locations (4|12, 4|12) have max(l, t, r, b) = 16 = m_1
+    # (e.g. (4, 4): (8, 8, 16, 16)); the P4 location (8, 8) has max 12.
+    closed, _ = _assign([[-4, -4, 20, 20]], [1])
+    assert closed == {
+        (0, 4, 4): (1, (8.0, 8.0, 16.0, 16.0)),
+        (0, 12, 4): (1, (16.0, 8.0, 8.0, 16.0)),
+        (0, 4, 12): (1, (8.0, 16.0, 16.0, 8.0)),
+        (0, 12, 12): (1, (16.0, 16.0, 8.0, 8.0)),
+    }
+    # Open bounds (torchvision, Detectron2's FCOS): none.
+    assert _assign([[-4, -4, 20, 20]], [1], bounds="open")[0] == {}
+    # Box [-8, 0, 24, 16]: the P4 location (8, 8) has (16, 8, 16, 8), max 16 = P4's lower
+    # bound; every P3 location inside has max 20 (e.g. (4, 4): (12, 4, 20, 12)).
+    assert _assign([[-8, 0, 24, 16]], [2])[0] == {(1, 8, 8): (2, (16.0, 8.0, 16.0, 8.0))}
+    assert _assign([[-8, 0, 24, 16]], [2], bounds="open")[0] == {}
+
+
+def test_equal_areas_the_first_box_wins():
+    # A [0, 0, 16, 12] and B [0, 0, 12, 16] have equal areas (192; and (w + 1) * (h + 1) =
+    # 221 both). At the P3 location (4, 4) both qualify (max 12): the first listed wins.
+    a, b = [0, 0, 16, 12], [0, 0, 12, 16]
+    for area in ("wh", "wh_plus_one"):
+        assert _assign([a, b], [0, 1], area=area)[0][(0, 4, 4)] == (0, (4.0, 4.0, 12.0, 8.0))
+        assert _assign([b, a], [1, 0], area=area)[0][(0, 4, 4)] == (1, (4.0, 4.0, 8.0, 12.0))
+
+
+def test_plus_one_areas_can_reverse_the_order():
+    # Ranges P3 [0, 4], P4 [4, 64], P5 [64, inf]. At the P4 location (8, 8): a thin 4 x 60
+    # box [6, -20, 10, 40] (w * h = 240, (w + 1) * (h + 1) = 305) and a 16 x 16 square
+    # (256; 289) both qualify (max 32 and 8). w * h picks the thin box, the original
+    # FCOS's (w + 1) * (h + 1) the square.
+    square, thin = [0, 0, 16, 16], [6, -20, 10, 40]
+    wh, _ = _assign([square, thin], [0, 1], sizes=(4, 64))
+    plus_one, _ = _assign([square, thin], [0, 1], sizes=(4, 64), area="wh_plus_one")
+    assert wh[(1, 8, 8)] == (1, (2.0, 28.0, 2.0, 32.0))
+    assert plus_one[(1, 8, 8)] == (0, (8.0, 8.0, 8.0, 8.0))
+
+
+def test_torchvision_areas_tie_within_float32_spacing():
+    # float32(1e8 - area): 1e8 - 400 and 1e8 - 399 round to the same value, so a 20 x 20
+    # box listed first beats an overlapping 21 x 19 one (399) as in torchvision.
+    first, second = [0, 0, 20, 20], [0, 0, 21, 19]
+    tv, _ = _assign([first, second], [0, 1], sizes=(64, 128), area="torchvision")
+    exact, _ = _assign([first, second], [0, 1], sizes=(64, 128))
+    assert tv[(0, 4, 4)][0] == 0 and exact[(0, 4, 4)][0] == 1
+
+
 def test_boxes_touching_the_image_border_and_strict_inside():
     # Bottom-right corner box: (52|60, 52|60) inside. Its edges x=48, y=48 hold no P3
     # location; a location on a box edge (distance 0) is not inside.
@@ -167,7 +218,7 @@ def test_centerness_targets_hand_picked():
     torch.testing.assert_close(compute_centerness_targets(ltrb), expected)
 
 
-def _slow_reference(points, lo, hi, strides, boxes, radius):
+def _slow_reference(points, lo, hi, strides, boxes, radius, bounds="closed"):
     """The rule written one location and one box at a time."""
     out = []
     for (x, y), a, b, s in zip(points.tolist(), lo.tolist(), hi.tolist(), strides.tolist()):
@@ -181,7 +232,7 @@ def _slow_reference(points, lo, hi, strides, boxes, radius):
                 if not (abs(x - cx) < radius * s and abs(y - cy) < radius * s):
                     continue
             m = max(l, t, r, bt)
-            if not (a < m <= b):
+            if not (a <= m <= b if bounds == "closed" else a < m < b):
                 continue
             area = (x1 - x0) * (y1 - y0)
             if area < best_area:
@@ -190,8 +241,12 @@ def _slow_reference(points, lo, hi, strides, boxes, radius):
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("seed,radius", [(0, 0.0), (1, 1.5), (2, 0.0), (3, 1.0)])
-def test_vectorised_matches_slow_reference_on_random_boxes(seed, radius):
+@pytest.mark.parametrize(
+    "seed,radius,bounds",
+    [(0, 0.0, "closed"), (1, 1.5, "closed"), (2, 0.0, "open"), (3, 1.0, "closed"),
+     (4, 1.5, "open")],  # fmt: skip
+)
+def test_vectorised_matches_slow_reference_on_random_boxes(seed, radius, bounds):
     g = torch.Generator().manual_seed(seed)
     strides = (8, 16, 32, 64, 128)
     shapes = [(320 // s + 1, 416 // s + 1) for s in strides]
@@ -201,12 +256,14 @@ def test_vectorised_matches_slow_reference_on_random_boxes(seed, radius):
     xy = torch.rand(n, 2, generator=g) * torch.tensor([416.0, 320.0])
     wh = torch.exp(torch.rand(n, 2, generator=g) * math.log(300.0)) + 2
     boxes = torch.cat([xy - wh / 2, xy + wh / 2], dim=1).round()  # integer coords: ties happen
-    fast = match_locations_to_boxes(points, lo, hi, st, boxes, radius)
-    slow = _slow_reference(points, lo, hi, st, boxes, radius)
+    fast = match_locations_to_boxes(points, lo, hi, st, boxes, radius, size_range_bounds=bounds)
+    slow = _slow_reference(points, lo, hi, st, boxes, radius, bounds)
     assert (fast >= 0).sum() > 30  # the comparison is not vacuous
     assert torch.equal(fast, slow)
     # Chunked evaluation (tiny memory cap) gives the same answer.
-    chunked = match_locations_to_boxes(points, lo, hi, st, boxes, radius, max_pairs=1000)
+    chunked = match_locations_to_boxes(
+        points, lo, hi, st, boxes, radius, max_pairs=1000, size_range_bounds=bounds
+    )
     assert torch.equal(chunked, fast)
 
 

@@ -90,3 +90,38 @@ def test_top_block_from_res5():
     cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE = "c5"
     with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE"):
         build_model(cfg)
+
+
+FIDELITY_KEYS = ("LOCATION_STRIDE", "SIZE_RANGE_BOUNDS", "MATCH_AREA", "IOU_LOSS_SMOOTH",
+                 "CLIP_BOXES_TEST", "NMS_LEGACY_PLUS_ONE")  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_paper_rules_by_default_and_each_source_sets_its_own(path):
+    import yaml
+
+    cfg = load_cfg(path)
+    f = cfg.MODEL.FCOS
+    if os.sep + "compat" + os.sep not in path:
+        # Every config that does not name a source follows the paper (sec. 3.2).
+        assert f.SIZE_RANGE_BOUNDS == "closed" and f.LOCATION_STRIDE == "level"
+        assert f.MATCH_AREA == "wh" and f.IOU_LOSS_SMOOTH == ""
+        return
+    # A compat config writes each of these keys itself (or inherits them from a compat
+    # config that does), so a change of the defaults cannot change what it reproduces.
+    written = {}
+    while True:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+        for key, value in data.get("MODEL", {}).get("FCOS", {}).items():
+            written.setdefault(key, value)
+        base = data.get("_BASE_", "")
+        if "compat" not in os.path.abspath(os.path.join(os.path.dirname(path), base)):
+            break
+        path = os.path.join(os.path.dirname(path), base)
+    assert set(FIDELITY_KEYS) <= set(written), set(FIDELITY_KEYS) - set(written)
+    expected = {
+        "FCOS_R50_torchvision.yaml": ("open", "torchvision", "padded_size_div_grid"),
+        "FCOS_R50_adelaidet.yaml": ("closed", "wh", "level"),
+    }.get(os.path.basename(path), ("closed", "wh_plus_one", "level"))
+    assert (f.SIZE_RANGE_BOUNDS, f.MATCH_AREA, f.LOCATION_STRIDE) == expected

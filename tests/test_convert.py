@@ -248,12 +248,32 @@ def test_convert_r50_checkpoint_loads_strictly(source, request, workdir):
     model = _build(f"FCOS_R50_{source}.yaml")
     loaded = _load_strict(model, out_path)
     assert set(loaded) == {dst for _, dst, _ in entries}
-    # Every source tensor, unchanged, in the parameter Detectron2's naming puts it in.
+    # Every source tensor, unchanged, in the parameter Detectron2's naming puts it in; but
+    # the original FCOS's FrozenBatchNorm has no epsilon: its running_var is stored minus
+    # Detectron2's 1e-5, so that Detectron2's (var + eps).rsqrt() is its var.rsqrt().
+    def check(src, dst):
+        if source == "fcos" and dst.endswith("norm.running_var"):
+            torch.testing.assert_close(loaded[dst] + 1e-5, sd[src], rtol=0, atol=1e-6)
+            assert not torch.equal(loaded[dst], sd[src])
+        else:
+            assert torch.equal(loaded[dst], sd[src]), f"{src} -> {dst}"
+
     for src, dst, shape in entries:
         assert tuple(loaded[dst].shape) == shape, dst
-        assert torch.equal(loaded[dst], sd[src]), f"{src} -> {dst}"
+        check(src, dst)
     for src, dst in SPOT_CHECKS[source]:
-        assert torch.equal(loaded[dst], sd[src]), f"{src} -> {dst}"
+        check(src, dst)
+    if source == "fcos":
+        # maskrcnn-benchmark's FrozenBatchNorm2d: x * w * var.rsqrt() + b - mean * w * var.rsqrt()
+        norm = model.backbone.bottom_up.stem.conv1.norm
+        x = torch.randn(2, norm.num_features, 3, 3)
+        src = {dst: src for src, dst, _ in entries}
+        prefix = "backbone.bottom_up.stem.conv1.norm."
+        w, b, mean, var = (sd[src[prefix + k]] for k in ("weight", "bias", "running_mean",
+                                                           "running_var"))  # fmt: skip
+        scale = (w * var.rsqrt())[None, :, None, None]
+        expected = x * scale + (b - mean * w * var.rsqrt())[None, :, None, None]
+        torch.testing.assert_close(norm(x), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_load_state_dict_unwraps_training_checkpoint(fcos_ckpt):

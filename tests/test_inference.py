@@ -13,6 +13,7 @@ import fcos_d2
 from fcos_d2.modeling.inference import (
     _nonnegative_descending_key,
     _preselect,
+    clip_boxes,
     decode_boxes,
     fcos_inference,
     topk_per_group,
@@ -498,3 +499,34 @@ def test_meta_arch_threshold_one_gives_no_detections():
         assert inst.image_size == size
         assert len(inst) == 0
         assert inst.pred_boxes.tensor.shape == (0, 4)
+
+
+def test_clip_boxes_modes():
+    boxes = torch.tensor([[-1.0, -2.0, 5.0, 7.0], [1.0, 1.0, 2.0, 2.0]])
+    sizes = torch.tensor([[4.0, 6.0], [4.0, 6.0]])  # (h, w)
+    torch.testing.assert_close(
+        clip_boxes(boxes, sizes, "image"), torch.tensor([[0.0, 0.0, 5.0, 4.0], [1, 1, 2, 2]])
+    )
+    torch.testing.assert_close(
+        clip_boxes(boxes, sizes, "image_minus_one"),
+        torch.tensor([[0.0, 0.0, 5.0, 3.0], [1, 1, 2, 2]]),
+    )
+    assert torch.equal(clip_boxes(boxes, sizes, ""), boxes)
+    with pytest.raises(ValueError, match="CLIP_BOXES_TEST"):
+        clip_boxes(boxes, sizes, "w-1")
+
+
+def test_nms_legacy_plus_one():
+    # Boxes [0, 0, 2, 2] and [1, 0, 3, 2] of one class: IoU 2 / 6 = 1/3; with widths + 1
+    # (maskrcnn-benchmark): 6 / (9 + 9 - 6) = 1/2. At an NMS threshold of 0.4 the legacy
+    # IoU suppresses the second box, the plain one keeps both.
+    locations = torch.tensor([[1.0, 1.0], [2.0, 1.0]])
+    logits = torch.tensor([[[logit(0.9)], [logit(0.8)]]])
+    box_reg = torch.ones(1, 2, 4)
+    centerness = torch.zeros(1, 2)
+    kwargs = dict(nms_thresh=0.4, num_levels=1, clip="")
+    args = (logits, box_reg, centerness, locations, torch.zeros(2, dtype=torch.long), [(2, 3)])
+    plain = fcos_inference(*args, **kwargs)[0]
+    legacy = fcos_inference(*args, nms_plus_one=True, **kwargs)[0]
+    assert plain.pred_boxes.tensor.tolist() == [[0, 0, 2, 2], [1, 0, 3, 2]]
+    assert legacy.pred_boxes.tensor.tolist() == [[0, 0, 2, 2]]

@@ -40,6 +40,23 @@ def test_iou_loss_hand_computed():
         iou_loss(pred, target, "l1")
 
 
+def test_iou_loss_smoothing_hand_computed():
+    # A 2x2 box in a 4x4 one: I = 4, U = 16. With the sources' +1: (4 + 1) / (16 + 1); in
+    # stride units (stride 2: areas / 4) the +1 is 4 px^2: (1 + 1) / (4 + 1).
+    pred = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    target = torch.tensor([[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]])
+    per_box = iou_loss(pred, target, "linear_iou", reduction="none", smooth=1.0)
+    torch.testing.assert_close(per_box, torch.tensor([1 - 5 / 17, 1 - 5 / 17]))
+    per_box = iou_loss(pred, target, "iou", reduction="none", smooth=torch.tensor([1.0, 4.0]))
+    torch.testing.assert_close(per_box, torch.tensor([-math.log(5 / 17), -math.log(2 / 5)]))
+    # GIoU: the smoothed IoU minus (C - U) / C with the unsmoothed union; C = U here.
+    per_box = iou_loss(pred, target, "giou", reduction="none", smooth=1.0)
+    torch.testing.assert_close(per_box, torch.tensor([1 - 5 / 17, 1 - 5 / 17]))
+    p = torch.tensor([[0.0, 1.0, 4.0, 1.0]])  # disjoint extents: I = 0, U = 16, C = 16
+    t = torch.tensor([[4.0, 1.0, 0.0, 1.0]])
+    torch.testing.assert_close(iou_loss(p, t, "giou", smooth=1.0), torch.tensor(1 - 1 / 17))
+
+
 def test_iou_losses_match_torchvision_on_random_boxes():
     g = torch.Generator().manual_seed(0)
     points = torch.rand(200, 2, generator=g) * 100

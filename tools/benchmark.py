@@ -13,8 +13,8 @@ Sections:
      detections agree; fcos-d2 also in bf16 (autocast) and without its speed-ups.
      torchvision places the locations of a level at multiples of (padded size // grid
      size), e.g. 800 // 13 = 61 px for P6 at 800x1333 where the stride is 64, which moves
-     its P6/P7 boxes; the agreement is checked with fcos-d2 using the same rounding and
-     the box difference with the paper's strides is reported beside it;
+     its P6/P7 boxes; the twins do the same (MODEL.FCOS.LOCATION_STRIDE of the torchvision
+     compat config), and the box difference with the paper's strides is reported beside;
   2. a training iteration (batch 2, 512x512, 10 boxes per image, forward + backward + SGD),
      fp32, and fcos-d2 also with bf16 autocast (SOLVER.AMP.ENABLED on the CPU);
   3. FCOS-specific time (locations + assignment + losses; decoding + NMS) as a share;
@@ -115,29 +115,6 @@ def detections_agree(tv_out: List[dict], our_out: List[dict]) -> Dict[str, float
             "max_score_err": score_err}  # fmt: skip
 
 
-def torchvision_grid_locations(model: torch.nn.Module) -> Callable:
-    """
-    ``model.locations`` as torchvision's AnchorGenerator places them: the stride of a level
-    is (padded height // rows, padded width // columns), e.g. 800 // 13 = 61 for P6 of an
-    800x1344 batch instead of 64. Used only to show that the remaining box differences at
-    such sizes come from this rounding, not from the network.
-    """
-
-    def locations(features):
-        first_stride = model.strides[0]
-        height, width = (n * first_stride for n in features[0].shape[-2:])
-        out = []
-        for f in features:
-            h, w = f.shape[-2:]
-            ys = torch.arange(h, dtype=torch.float32) * (height // h)
-            xs = torch.arange(w, dtype=torch.float32) * (width // w)
-            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            out.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1).to(f.device))
-        return out
-
-    return locations
-
-
 def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
     results = {}
     for h, w in sizes:
@@ -152,12 +129,14 @@ def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
             row = {name: 1.0 / t for name, t in timeit_interleaved(fns, repeats).items()}
             tv_out = fns["torchvision_fp32"]()
             model, fn = twins["fcos_d2_fp32"], fns["fcos_d2_fp32"]
-            paper = detections_agree(tv_out, fn())
-            model.locations = torchvision_grid_locations(model)
+            # The twins place locations as torchvision does (MODEL.FCOS.LOCATION_STRIDE of
+            # the torchvision compat config); the paper's strides for comparison.
+            row["agreement"] = detections_agree(tv_out, fn())
+            model.location_stride = "level"
             try:
-                row["agreement"] = detections_agree(tv_out, fn())
+                paper = detections_agree(tv_out, fn())
             finally:
-                del model.locations
+                model.location_stride = "padded_size_div_grid"
             row["agreement"]["max_box_err_with_paper_strides"] = paper["max_box_err"]
         results[f"{h}x{w}"] = row
         print(f"  {h}x{w}: " + ", ".join(
@@ -226,7 +205,9 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
     leaves = [cat_levels(p).detach().requires_grad_() for p in preds]
 
     def fcos_train_part():
-        targets = ours.assigner(ours.locations(features), ours.strides, gt)
+        targets = ours.assigner(
+            ours.locations(features, images.tensor.shape[-2:]), ours.strides, gt
+        )
         losses = fcos_losses(leaves[0], leaves[1], leaves[2].squeeze(2), targets.labels,
                              targets.reg_targets, **ours.loss_kwargs)  # fmt: skip
         sum(losses.values()).backward()
@@ -249,7 +230,7 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
         logits, box_reg, ctr = ours.head(feats)
 
         def fcos_infer_part():
-            locations = ours.locations(feats)
+            locations = ours.locations(feats, images.tensor.shape[-2:])
             level_ids = torch.repeat_interleave(
                 torch.arange(len(locations)), torch.tensor([len(x) for x in locations])
             )

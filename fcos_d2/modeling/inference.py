@@ -7,12 +7,29 @@ from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-__all__ = ["decode_boxes", "fcos_inference", "topk_per_group"]
+from ..config import check_choice
+
+__all__ = ["CLIP_BOXES", "clip_boxes", "decode_boxes", "fcos_inference", "topk_per_group"]
+
+#: Where boxes are clipped before NMS (MODEL.FCOS.CLIP_BOXES_TEST): "image" ([0, w] x [0, h]),
+#: "image_minus_one" ([0, w - 1] x [0, h - 1], maskrcnn-benchmark) or "" (not before NMS).
+CLIP_BOXES = ("image", "image_minus_one", "")
 
 
 def decode_boxes(locations: Tensor, ltrb: Tensor) -> Tensor:
     """(K, 2) points and (K, 4) distances (l, t, r, b) -> (K, 4) boxes (x0, y0, x1, y1)."""
     return torch.cat((locations - ltrb[:, :2], locations + ltrb[:, 2:]), dim=1)
+
+
+def clip_boxes(boxes: Tensor, sizes: Tensor, mode: str = "image") -> Tensor:
+    """(K, 4) boxes clipped to the (K, 2) image sizes (h, w) as ``mode`` says (CLIP_BOXES)."""
+    check_choice("CLIP_BOXES_TEST", mode, CLIP_BOXES)
+    if mode == "":
+        return boxes
+    if mode == "image_minus_one":
+        sizes = sizes - 1
+    limit = torch.stack((sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]), dim=1)
+    return torch.minimum(boxes.clamp(min=0), limit)
 
 
 def _descending_key(scores: Tensor) -> Tensor:
@@ -119,7 +136,9 @@ def fcos_inference(
     max_detections: int = 100,
     thresh_with_centerness: bool = False,
     sqrt_score: bool = False,
-    num_levels: int = None,
+    num_levels: Optional[int] = None,
+    clip: str = "image",
+    nms_plus_one: bool = False,
 ) -> List[Instances]:
     """
     Detections of a batch, all images and levels at once.
@@ -128,7 +147,7 @@ def fcos_inference(
         logits: (N, L, C) class logits; box_reg: (N, L, 4) distances in pixels;
         centerness: (N, L) centerness logits, for all L locations of all levels.
         locations: (L, 2) image coordinates; level_ids: (L,) level index of each location.
-        image_sizes: (h, w) of each image (boxes are clipped to it).
+        image_sizes: (h, w) of each image (boxes are clipped to it as ``clip`` says).
         score_thresh: a candidate needs class prob (or, with thresh_with_centerness, the
             final score) above it.
         topk_candidates: candidates kept per level and image before NMS.
@@ -136,6 +155,9 @@ def fcos_inference(
         max_detections: detections kept per image.
         sqrt_score: report sqrt(class prob x centerness) instead of the product.
         num_levels: number of levels (default: from level_ids, which costs a host sync).
+        clip: how boxes are clipped before NMS, see :func:`clip_boxes`.
+        nms_plus_one: NMS with the legacy IoU of Detectron1 / maskrcnn-benchmark, whose
+            widths and heights are x1 - x0 + 1 and y1 - y0 + 1.
 
     Returns:
         per image, Instances with ``pred_boxes``, ``scores``, ``pred_classes``, in
@@ -167,10 +189,11 @@ def fcos_inference(
 
     boxes = decode_boxes(locations[loc], box_reg[img, loc].float())
     sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)[img]
-    limit = torch.stack((sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]), dim=1)
-    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    boxes = clip_boxes(boxes, sizes, clip)
 
-    keep = batched_nms(boxes, cand_scores, img * num_classes + cls, nms_thresh)
+    # The +1 IoU of two boxes is the plain IoU of the boxes grown by 1 at x1 and y1.
+    nms_boxes = boxes + boxes.new_tensor([0, 0, 1, 1]) if nms_plus_one else boxes
+    keep = batched_nms(nms_boxes, cand_scores, img * num_classes + cls, nms_thresh)
     keep = keep[
         topk_per_group(
             cand_scores[keep], img[keep], max_detections, num_groups=num_images, nonnegative=True

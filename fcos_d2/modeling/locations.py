@@ -1,27 +1,43 @@
 """Feature-map locations: where each output position of each level sits in the image."""
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..config import check_choice
+
+__all__ = ["LOCATION_STRIDES", "compute_locations", "compute_locations_per_level"]
+
+#: Where the locations of a level sit (MODEL.FCOS.LOCATION_STRIDE): "level" (the level's
+#: stride, paper) or "padded_size_div_grid" (per axis, padded image size // grid size, as
+#: torchvision's AnchorGenerator places them).
+LOCATION_STRIDES = ("level", "padded_size_div_grid")
+
 
 def compute_locations_per_level(
-    height: int, width: int, stride: int, offset: float = 0.5, device: torch.device = None
+    height: int,
+    width: int,
+    stride: Union[int, Tuple[int, int]],
+    offset: float = 0.5,
+    device: Optional[torch.device] = None,
 ) -> Tensor:
     """
     Image coordinates of the locations of one feature map.
 
-    Location (x, y) maps to (c + x * stride, c + y * stride), c = floor(stride * offset).
+    Location (x, y) maps to (c_x + x * s_x, c_y + y * s_y), c = floor(s * offset), with
+    ``stride`` = s for both axes or (s_y, s_x).
 
     Returns:
         Tensor of shape (height * width, 2) with (x, y) per row, in row-major
         (y outer, x inner) order, i.e. the order of ``feature.flatten(2)``.
     """
-    shift = float(math.floor(stride * offset))
-    xs = torch.arange(width, dtype=torch.float32, device=device) * stride + shift
-    ys = torch.arange(height, dtype=torch.float32, device=device) * stride + shift
+    stride_y, stride_x = (stride, stride) if isinstance(stride, int) else stride
+    xs = torch.arange(width, dtype=torch.float32, device=device) * stride_x
+    ys = torch.arange(height, dtype=torch.float32, device=device) * stride_y
+    xs = xs + float(math.floor(stride_x * offset))
+    ys = ys + float(math.floor(stride_y * offset))
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1)
 
@@ -30,7 +46,10 @@ def compute_locations(
     shapes: Sequence[Tuple[int, int]],
     strides: Sequence[int],
     offset: float = 0.5,
-    device: torch.device = None,
+    device: Optional[torch.device] = None,
+    *,
+    mode: str = "level",
+    padded_size: Optional[Tuple[int, int]] = None,
 ) -> List[Tensor]:
     """
     Locations of every level.
@@ -39,11 +58,24 @@ def compute_locations(
         shapes: (H_i, W_i) of each level.
         strides: stride s_i of each level.
         offset: location offset in units of stride (0.5: paper, 0: torchvision).
+        mode: "level": locations s_i apart (paper); "padded_size_div_grid": (P_h // H_i,
+            P_w // W_i) apart, with (P_h, P_w) = ``padded_size`` the batch's padded image
+            size (torchvision; equal to "level" when P_h, P_w are multiples of s_i).
 
     Returns:
         list of (H_i * W_i, 2) tensors of (x, y) image coordinates.
     """
     assert len(shapes) == len(strides), (shapes, strides)
+    if mode == "level":
+        level_strides = list(strides)
+    elif mode == "padded_size_div_grid":
+        if padded_size is None:
+            raise ValueError("LOCATION_STRIDE 'padded_size_div_grid' needs the padded image size")
+        ph, pw = (int(v) for v in padded_size)
+        level_strides = [(ph // h, pw // w) for h, w in shapes]
+    else:
+        check_choice("LOCATION_STRIDE", mode, LOCATION_STRIDES)
     return [
-        compute_locations_per_level(h, w, s, offset, device) for (h, w), s in zip(shapes, strides)
+        compute_locations_per_level(h, w, s, offset, device)
+        for (h, w), s in zip(shapes, level_strides)
     ]

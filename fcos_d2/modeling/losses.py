@@ -1,6 +1,6 @@
 """FCOS losses: focal loss on all locations, IoU loss and centerness BCE on positives."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -8,11 +8,14 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import Tensor
 from torch.nn import functional as F
 
+from ..config import check_choice
 from .assigner import compute_centerness_targets
 
 __all__ = ["average_across_workers", "fcos_losses", "iou_loss"]
 
 LOC_LOSS_TYPES = ("iou", "linear_iou", "giou")
+#: Units of the IoU's smoothing term (MODEL.FCOS.IOU_LOSS_SMOOTH); "" = no smoothing.
+IOU_LOSS_SMOOTH = ("", "pixel", "stride")
 
 
 def iou_loss(
@@ -22,6 +25,7 @@ def iou_loss(
     weight: Optional[Tensor] = None,
     reduction: str = "sum",
     eps: float = 1e-7,
+    smooth: Union[float, Tensor] = 0.0,
 ) -> Tensor:
     """
     IoU losses between boxes given as (l, t, r, b) distances from the same points.
@@ -31,14 +35,14 @@ def iou_loss(
         loss_type: "iou" (-log IoU), "linear_iou" (1 - IoU) or "giou" (1 - GIoU).
         weight: optional (P,) per-box weights.
         reduction: "sum", "mean" or "none".
+        smooth: a float or (P,) term added to intersection and union, IoU = (I + smooth) /
+            (U + smooth + eps), in the units of the distances squared. The original FCOS and
+            AdelaiDet add 1 in the units of their regression targets (see config.py).
 
     Returns:
         scalar, or (P,) for reduction="none".
     """
-    if loss_type not in LOC_LOSS_TYPES:
-        raise ValueError(
-            f"MODEL.FCOS.LOC_LOSS_TYPE must be one of {LOC_LOSS_TYPES}, got {loss_type!r}"
-        )
+    check_choice("LOC_LOSS_TYPE", loss_type, LOC_LOSS_TYPES)
     pred = pred.float()
     target = target.float()
     pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
@@ -46,7 +50,7 @@ def iou_loss(
     lo = torch.minimum(pred, target)
     inter = (lo[:, 0] + lo[:, 2]).clamp(min=0) * (lo[:, 1] + lo[:, 3]).clamp(min=0)
     union = pred_area + target_area - inter
-    iou = inter / (union + eps)
+    iou = (inter + smooth) / (union + smooth + eps)
     if loss_type == "iou":
         loss = -torch.log(iou.clamp(min=eps))
     elif loss_type == "linear_iou":
@@ -85,7 +89,8 @@ def fcos_losses(
     focal_gamma: float = 2.0,
     loc_loss_type: str = "iou",
     loc_weight_by_centerness: bool = False,
-    loss_weights: Dict[str, float] = None,
+    loss_weights: Optional[Dict[str, float]] = None,
+    iou_smooth: Union[float, Tensor] = 0.0,
 ) -> Dict[str, Tensor]:
     """
     Args:
@@ -94,6 +99,8 @@ def fcos_losses(
         centerness: (N, L) centerness logits.
         labels: (N, L) int64 targets, background = num_classes.
         reg_targets: (N, L, 4) target (l, t, r, b) (used on positives only).
+        iou_smooth: float or (L,) term added to the IoU's intersection and union, in
+            pixels^2 (see :func:`iou_loss`).
 
     Returns:
         dict with ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr``, each normalised by
@@ -119,7 +126,12 @@ def fcos_losses(
     preds = torch.where(mask, box_reg.float(), 1.0)
     posf = pos.to(torch.float32)
     ctr_targets = compute_centerness_targets(targets) * posf
-    loc = iou_loss(preds.reshape(-1, 4), targets.reshape(-1, 4), loc_loss_type, reduction="none")
+    if isinstance(iou_smooth, Tensor):
+        iou_smooth = iou_smooth.expand(pos.shape).reshape(-1)
+    loc = iou_loss(
+        preds.reshape(-1, 4), targets.reshape(-1, 4), loc_loss_type, reduction="none",
+        smooth=iou_smooth,
+    )  # fmt: skip
     loc = loc.reshape(pos.shape) * posf
     if loc_weight_by_centerness:
         loc_normalizer = average_across_workers(ctr_targets.sum()).clamp(min=1e-6)

@@ -1,6 +1,6 @@
 """The FCOS meta-architecture: wires backbone, head, assigner, losses and inference."""
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -9,13 +9,14 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
+from ..config import check_choice
 from ..registry import LEGACY_BACKBONE_NAME, META_ARCH_NAME, register_as, upgrade_legacy_names
 from .assigner import build_fcos_assigner
 from .fast import precision_dtype
 from .head import build_fcos_head
-from .inference import fcos_inference
-from .locations import compute_locations
-from .losses import fcos_losses
+from .inference import CLIP_BOXES, fcos_inference
+from .locations import LOCATION_STRIDES, compute_locations
+from .losses import IOU_LOSS_SMOOTH, fcos_losses
 
 __all__ = ["FCOS", "cat_levels"]
 
@@ -48,17 +49,21 @@ class FCOS(DenseDetector):
         pixel_std: Sequence[float],
         input_format: str = "BGR",
         location_offset: float = 0.5,
+        location_stride: str = "level",
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         loc_loss_type: str = "iou",
         loc_loss_weight_by_centerness: bool = False,
-        loss_weights: Dict[str, float] = None,
+        iou_loss_smooth: str = "",
+        loss_weights: Optional[Dict[str, float]] = None,
         score_thresh_test: float = 0.05,
         thresh_with_centerness: bool = False,
         topk_candidates_test: int = 1000,
         nms_thresh_test: float = 0.6,
         max_detections_per_image: int = 100,
         sqrt_score: bool = False,
+        clip_boxes_test: str = "image",
+        nms_legacy_plus_one: bool = False,
         channels_last: bool = False,
         inference_precision: str = "",
         train_precision: str = "",
@@ -80,6 +85,11 @@ class FCOS(DenseDetector):
         shapes = backbone.output_shape()
         self.strides = [int(shapes[f].stride) for f in self.head_in_features]
         self.location_offset = location_offset
+        check_choice("LOCATION_STRIDE", location_stride, LOCATION_STRIDES)
+        check_choice("IOU_LOSS_SMOOTH", iou_loss_smooth, IOU_LOSS_SMOOTH)
+        check_choice("CLIP_BOXES_TEST", clip_boxes_test, CLIP_BOXES)
+        self.location_stride = location_stride
+        self.iou_loss_smooth = iou_loss_smooth
         self.loss_kwargs = dict(
             num_classes=num_classes,
             focal_alpha=focal_loss_alpha,
@@ -104,6 +114,8 @@ class FCOS(DenseDetector):
             max_detections=max_detections_per_image,
             thresh_with_centerness=thresh_with_centerness,
             sqrt_score=sqrt_score,
+            clip=clip_boxes_test,
+            nms_plus_one=nms_legacy_plus_one,
         )
 
     @classmethod
@@ -131,10 +143,12 @@ class FCOS(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "location_offset": f.LOCATION_OFFSET,
+            "location_stride": f.LOCATION_STRIDE,
             "focal_loss_alpha": f.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": f.FOCAL_LOSS_GAMMA,
             "loc_loss_type": f.LOC_LOSS_TYPE,
             "loc_loss_weight_by_centerness": f.LOC_LOSS_WEIGHT_BY_CENTERNESS,
+            "iou_loss_smooth": f.IOU_LOSS_SMOOTH,
             "loss_weights": {
                 "loss_fcos_cls": f.LOSS_WEIGHT_CLS,
                 "loss_fcos_loc": f.LOSS_WEIGHT_LOC,
@@ -146,6 +160,8 @@ class FCOS(DenseDetector):
             "nms_thresh_test": f.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "sqrt_score": f.SQRT_SCORE,
+            "clip_boxes_test": f.CLIP_BOXES_TEST,
+            "nms_legacy_plus_one": f.NMS_LEGACY_PLUS_ONE,
             "channels_last": f.CHANNELS_LAST,
             "inference_precision": f.INFERENCE_PRECISION,
             "compile": f.COMPILE,
@@ -180,10 +196,26 @@ class FCOS(DenseDetector):
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         return images
 
-    def locations(self, features: List[Tensor]) -> List[Tensor]:
-        """Per level (H_i * W_i, 2) image coordinates of the locations of ``features``."""
+    def locations(self, features: List[Tensor], padded_size: Tuple[int, int]) -> List[Tensor]:
+        """
+        Per level (H_i * W_i, 2) image coordinates of the locations of ``features``, computed
+        from a batch padded to ``padded_size`` (h, w).
+        """
         shapes = [tuple(x.shape[-2:]) for x in features]
-        return compute_locations(shapes, self.strides, self.location_offset, features[0].device)
+        return compute_locations(
+            shapes, self.strides, self.location_offset, features[0].device,
+            mode=self.location_stride, padded_size=padded_size,
+        )  # fmt: skip
+
+    def iou_smoothing(self, locations: List[Tensor]) -> Union[float, Tensor]:
+        """The IoU loss's smoothing term in pixels^2: a float, or (L,) per location."""
+        if self.iou_loss_smooth == "pixel":
+            return 1.0
+        if self.iou_loss_smooth == "stride":
+            return torch.cat(
+                [loc.new_full((len(loc),), float(s * s)) for loc, s in zip(locations, self.strides)]
+            )
+        return 0.0
 
     def forward_training(
         self,
@@ -193,13 +225,15 @@ class FCOS(DenseDetector):
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
         logits, box_reg, centerness = predictions
-        targets = self.assigner(self.locations(features), self.strides, gt_instances)
+        locations = self.locations(features, images.tensor.shape[-2:])
+        targets = self.assigner(locations, self.strides, gt_instances)
         losses = fcos_losses(
             cat_levels(logits),
             cat_levels(box_reg),
             cat_levels(centerness).squeeze(2),
             targets.labels,
             targets.reg_targets,
+            iou_smooth=self.iou_smoothing(locations),
             **self.loss_kwargs,
         )
         # Kept (detached, no host sync) so that a non-finite total can be traced to its part.
@@ -213,7 +247,7 @@ class FCOS(DenseDetector):
         predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
     ) -> List[Instances]:
         logits, box_reg, centerness = predictions
-        locations = self.locations(features)
+        locations = self.locations(features, images.tensor.shape[-2:])
         level_ids = torch.repeat_interleave(
             torch.arange(len(locations), device=self.device),
             torch.tensor([len(x) for x in locations], device=self.device),
