@@ -11,4 +11,7 @@ setup(
     python_requires=">=3.8",
     # Detectron2 is not on PyPI; tools/setup_env.sh installs it (see README).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
+    # Export and the runtime class: pip install -e .[deploy] (fcos_d2/deploy.py itself needs
+    # only numpy, OpenCV and onnxruntime or openvino).
+    extras_require={"deploy": ["onnx", "onnxscript", "onnxruntime", "openvino"]},
 )

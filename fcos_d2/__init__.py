@@ -2,15 +2,22 @@
 
 ``import fcos_d2`` registers the FCOS backbone, head, assigner and meta-architecture
 with Detectron2's registries, and the built-in datasets (generated on first use) with
-its DatasetCatalog.
+its DatasetCatalog. Where torch is not installed (a deployment machine), it imports
+nothing else: ``fcos_d2.deploy`` runs exported models with numpy, OpenCV and the runtime.
 """
 
-from . import modeling  # noqa: F401  (registers the model parts)
-from .config import add_fcos_config
-from .data import register_builtin_datasets
 from .errors import InputError
 
-register_builtin_datasets()
-
 __version__ = "0.1.0"
-__all__ = ["InputError", "add_fcos_config", "modeling", "register_builtin_datasets"]
+
+try:
+    import torch  # noqa: F401
+except ImportError:  # deployment only: see fcos_d2/deploy.py
+    __all__ = ["InputError"]
+else:
+    from . import modeling  # noqa: F401  (registers the model parts)
+    from .config import add_fcos_config
+    from .data import register_builtin_datasets
+
+    register_builtin_datasets()
+    __all__ = ["InputError", "add_fcos_config", "modeling", "register_builtin_datasets"]

@@ -11,12 +11,9 @@ from torchvision.ops import batched_nms
 
 import fcos_d2
 from fcos_d2.modeling.inference import (
-    _nonnegative_descending_key,
-    _preselect,
     clip_boxes,
     decode_boxes,
     fcos_inference,
-    topk_per_group,
 )
 from fcos_d2.modeling.locations import compute_locations
 
@@ -25,104 +22,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def logit(p):
     return math.log(p / (1 - p))
-
-
-# ----------------------------------------------------------------- topk_per_group
-
-
-def reference_topk_per_group(scores, groups, k):
-    out = []
-    for g in sorted(set(groups.tolist())):
-        members = [i for i in range(len(scores)) if groups[i] == g]
-        members.sort(key=lambda i: -scores[i].item())
-        out.extend(members[:k])
-    return out
-
-
-@pytest.mark.parametrize("k", [1, 3, 1000])
-def test_topk_per_group_matches_reference(k):
-    g = torch.Generator().manual_seed(k)
-    scores = torch.rand(200, generator=g)
-    assert len(set(scores.tolist())) == 200  # distinct: the order is unique
-    # Groups 0..11 with some ids absent.
-    groups = torch.randint(0, 6, (200,), generator=g) * 2
-    got = topk_per_group(scores, groups, k)
-    assert got.dtype == torch.int64
-    assert got.tolist() == reference_topk_per_group(scores, groups, k)
-    if k == 1000:
-        assert sorted(got.tolist()) == list(range(200))
-
-
-def test_topk_per_group_small_cases():
-    scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3])
-    groups = torch.tensor([1, 0, 1, 1, 0])
-    assert topk_per_group(scores, groups, 2).tolist() == [1, 4, 3, 2]
-    assert topk_per_group(scores, groups, 1).tolist() == [1, 3]
-    assert topk_per_group(scores, groups, 0).tolist() == []
-    empty = topk_per_group(torch.zeros(0), torch.zeros(0, dtype=torch.int64), 5)
-    assert empty.shape == (0,)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_topk_per_group_signed_scores_ties_and_large_groups(dtype):
-    # The integer-key sort must rank negatives, -0.0/+0.0, infinities and ties exactly as a
-    # stable sort by decreasing score would, for group ids far above the number of scores.
-    g = torch.Generator().manual_seed(7)
-    values = torch.tensor([-3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 0.25, 2.0, float("inf"),
-                           -float("inf"), 1e30, -1e30])  # fmt: skip
-    scores = values[torch.randint(0, len(values), (300,), generator=g)].to(dtype)
-    groups = torch.randint(0, 4, (300,), generator=g) * (2**31 - 1) // 3
-    for k in (1, 5, 300):
-        expected = []
-        for grp in sorted(set(groups.tolist())):
-            members = [i for i in range(300) if groups[i] == grp]
-            # Python's sort is stable; -0.0 == 0.0, so compare as the sort key does.
-            members.sort(key=lambda i: -float(scores[i]))
-            expected.extend(members[:k])
-        got = topk_per_group(scores, groups, k).tolist()
-        # +0.0 and -0.0 compare equal in Python but may be ranked either way round here;
-        # compare the ranked scores per group and the selected index sets otherwise.
-        assert [float(scores[i]) for i in got] == [float(scores[i]) for i in expected]
-        assert [int(groups[i]) for i in got] == [int(groups[i]) for i in expected]
-
-
-@pytest.mark.parametrize("nonnegative", [True, False])
-@pytest.mark.parametrize("k", [1, 7, 60])
-def test_topk_per_group_with_num_groups_and_preselection(k, nonnegative):
-    # Many scores per group (the histogram pre-selection runs when K > 8 k groups), with
-    # exact ties and scores that share the pre-selection's buckets, so that its cut falls
-    # inside a bucket of ties: the result must equal the plain reference anyway.
-    g = torch.Generator().manual_seed(k)
-    n, num_groups = 6000, 3
-    continuous = torch.rand(n, generator=g)
-    tied = torch.tensor([0.5, 0.5 + 2**-20, 0.25, 0.999, 0.0])[
-        torch.randint(0, 5, (n,), generator=g)
-    ]
-    scores = torch.where(torch.rand(n, generator=g) < 0.5, continuous, tied)
-    if not nonnegative:
-        scores = scores - 0.5
-    groups = torch.randint(0, num_groups, (n,), generator=g)
-    groups[groups == 2] = 1  # group 2 is empty; ids stay below num_groups
-    expected = reference_topk_per_group(scores, groups, k)
-    got = topk_per_group(scores, groups, k, num_groups=num_groups, nonnegative=nonnegative)
-    assert got.tolist() == expected
-    assert got.tolist() == topk_per_group(scores, groups, k).tolist()  # default path agrees
-
-
-def test_preselect_keeps_a_small_superset_of_the_topk():
-    g = torch.Generator().manual_seed(3)
-    n, k = 50000, 100
-    scores = torch.rand(n, generator=g)
-    groups = torch.randint(0, 2, (n,), generator=g)
-    key = _nonnegative_descending_key(scores)
-    mask = _preselect(key, groups, k, 2, 31)
-    top = reference_topk_per_group(scores, groups, k)
-    assert mask[top].all()
-    # Buckets of 2**15 keys: only a few hundred scores besides the 2 x 100 survive.
-    assert 2 * k <= int(mask.sum()) < 2 * k + 2000, int(mask.sum())
-
-
-# ------------------------------------------------------------------- decode_boxes
 
 
 def test_decode_boxes_hand_computed():
@@ -233,11 +132,9 @@ def test_fcos_inference_matches_reference(seed, setting):
     )
     logits, box_reg, centerness, level_locations = random_batch(seed)
     locations = torch.cat(level_locations)
-    level_ids = torch.cat(
-        [torch.full((len(x),), i, dtype=torch.int64) for i, x in enumerate(level_locations)]
-    )
+    level_sizes = [len(x) for x in level_locations]
     results = fcos_inference(
-        logits, box_reg, centerness, locations, level_ids, IMAGE_SIZES, **kwargs
+        logits, box_reg, centerness, locations, level_sizes, IMAGE_SIZES, **kwargs
     )
     expected = reference_inference(
         logits, box_reg, centerness, level_locations, IMAGE_SIZES, **kwargs
@@ -281,7 +178,7 @@ HAND_STRIDES = [8, 16]
 def hand_case():
     level_locations = compute_locations(HAND_SHAPES, HAND_STRIDES)
     locations = torch.cat(level_locations)
-    level_ids = torch.tensor([0] * 24 + [1] * 6)
+    level_sizes = [24, 6]
     logits = torch.full((1, 30, 2), -10.0)  # prob 4.5e-5: nothing passes by default
     centerness = torch.zeros(1, 30)  # sigmoid 0.5
     box_reg = torch.ones(1, 30, 4)
@@ -319,7 +216,7 @@ def hand_case():
     assert locations[f].tolist() == [44.0, 28.0]
     logits[0, f, 0] = logit(0.06)
     centerness[0, f] = logit(0.1)
-    return logits, box_reg, centerness, locations, level_ids
+    return logits, box_reg, centerness, locations, level_sizes
 
 
 HAND_D = (0.75 * 0.8, [30.0, 4.0, 44.0, 30.0], 1)
@@ -341,13 +238,13 @@ HAND_F = (0.06 * 0.1, [43.0, 27.0, 44.0, 29.0], 0)
     ],
 )
 def test_fcos_inference_hand_made(thresh_with_centerness, sqrt_score, expected):
-    logits, box_reg, centerness, locations, level_ids = hand_case()
+    logits, box_reg, centerness, locations, level_sizes = hand_case()
     (inst,) = fcos_inference(
         logits,
         box_reg,
         centerness,
         locations,
-        level_ids,
+        level_sizes,
         [(30, 44)],
         score_thresh=0.05,
         nms_thresh=0.6,
@@ -366,14 +263,14 @@ def test_fcos_inference_hand_made(thresh_with_centerness, sqrt_score, expected):
 
 
 def test_fcos_inference_hand_made_max_detections_and_nms_off():
-    logits, box_reg, centerness, locations, level_ids = hand_case()
+    logits, box_reg, centerness, locations, level_sizes = hand_case()
     (inst,) = fcos_inference(
-        logits, box_reg, centerness, locations, level_ids, [(30, 44)], max_detections=2
+        logits, box_reg, centerness, locations, level_sizes, [(30, 44)], max_detections=2
     )
     torch.testing.assert_close(inst.scores, torch.tensor([HAND_D[0], HAND_A[0]]))
     # With an IoU threshold of 1.0 identical boxes are not suppressed: B comes back.
     (inst,) = fcos_inference(
-        logits, box_reg, centerness, locations, level_ids, [(30, 44)], nms_thresh=1.0
+        logits, box_reg, centerness, locations, level_sizes, [(30, 44)], nms_thresh=1.0
     )
     torch.testing.assert_close(
         inst.scores, torch.tensor([HAND_D[0], HAND_A[0], 0.8 * 0.5, HAND_C[0], HAND_F[0]])
@@ -385,10 +282,8 @@ def test_fcos_inference_no_candidates():
     logits, box_reg, centerness, level_locations = random_batch(0)
     logits = torch.full_like(logits, -10.0)
     locations = torch.cat(level_locations)
-    level_ids = torch.cat(
-        [torch.full((len(x),), i, dtype=torch.int64) for i, x in enumerate(level_locations)]
-    )
-    results = fcos_inference(logits, box_reg, centerness, locations, level_ids, IMAGE_SIZES)
+    level_sizes = [len(x) for x in level_locations]
+    results = fcos_inference(logits, box_reg, centerness, locations, level_sizes, IMAGE_SIZES)
     assert len(results) == 2
     for inst, size in zip(results, IMAGE_SIZES):
         assert inst.image_size == size
@@ -404,9 +299,7 @@ def test_fcos_inference_first_image_empty_second_not():
     logits, box_reg, centerness, level_locations = random_batch(1)
     logits[0] = -10.0
     locations = torch.cat(level_locations)
-    level_ids = torch.cat(
-        [torch.full((len(x),), i, dtype=torch.int64) for i, x in enumerate(level_locations)]
-    )
+    level_sizes = [len(x) for x in level_locations]
     kwargs = dict(
         score_thresh=0.05,
         topk_candidates=20,
@@ -416,7 +309,7 @@ def test_fcos_inference_first_image_empty_second_not():
         sqrt_score=False,
     )
     first, second = fcos_inference(
-        logits, box_reg, centerness, locations, level_ids, IMAGE_SIZES, **kwargs
+        logits, box_reg, centerness, locations, level_sizes, IMAGE_SIZES, **kwargs
     )
     _, (e_boxes, e_scores, e_classes, _) = reference_inference(
         logits, box_reg, centerness, level_locations, IMAGE_SIZES, **kwargs
@@ -524,8 +417,8 @@ def test_nms_legacy_plus_one():
     logits = torch.tensor([[[logit(0.9)], [logit(0.8)]]])
     box_reg = torch.ones(1, 2, 4)
     centerness = torch.zeros(1, 2)
-    kwargs = dict(nms_thresh=0.4, num_levels=1, clip="")
-    args = (logits, box_reg, centerness, locations, torch.zeros(2, dtype=torch.long), [(2, 3)])
+    kwargs = dict(nms_thresh=0.4, clip="")
+    args = (logits, box_reg, centerness, locations, [2], [(2, 3)])
     plain = fcos_inference(*args, **kwargs)[0]
     legacy = fcos_inference(*args, nms_plus_one=True, **kwargs)[0]
     assert plain.pred_boxes.tensor.tolist() == [[0, 0, 2, 2], [1, 0, 3, 2]]

@@ -231,12 +231,9 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
 
         def fcos_infer_part():
             locations = ours.locations(feats, images.tensor.shape[-2:])
-            level_ids = torch.repeat_interleave(
-                torch.arange(len(locations)), torch.tensor([len(x) for x in locations])
-            )
             fcos_inference(cat_levels(logits), cat_levels(box_reg), cat_levels(ctr).squeeze(2),
-                           torch.cat(locations), level_ids, images.image_sizes,
-                           **ours.inference_kwargs)  # fmt: skip
+                           torch.cat(locations), [len(x) for x in locations],
+                           images.image_sizes, **ours.inference_kwargs)  # fmt: skip
 
         t_infer_part = timeit(fcos_infer_part, repeats, warmup=1)
         t_infer = timeit(lambda: ours(inp), repeats, warmup=1)
@@ -359,8 +356,42 @@ def coco_eval_section() -> Dict[str, object]:
     return out
 
 
+def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
+    """AP of the exported model (ONNX) in ONNX Runtime and OpenVINO f32 / bf16, run by
+    fcos_d2.deploy.ExportedPredictor on the dataset's images (OpenCV resize)."""
+    import tempfile
+
+    import cv2
+    from detectron2.data import DatasetCatalog
+
+    from fcos_d2.deploy import ExportedPredictor
+    from fcos_d2.engine import Trainer
+    from fcos_d2.export import export_model
+
+    path = export_model(model, cfg, tempfile.mkdtemp(prefix="fcos_d2_bench_ap_"), "onnx")
+    dicts = DatasetCatalog.get(dataset)
+    out = {}
+    for name, runtime, precision in [("onnxruntime_fp32", "onnxruntime", "f32"),
+                                     ("openvino_fp32", "openvino", "f32"),
+                                     ("openvino_bf16", "openvino", "bf16")]:  # fmt: skip
+        predictor = ExportedPredictor(path, runtime, precision, num_threads=torch.get_num_threads())
+        evaluator = Trainer.build_evaluator(cfg, dataset, output_folder=tempfile.mkdtemp())
+        evaluator.reset()
+        for d in dicts:
+            image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
+            det = predictor(image)
+            inst = Instances(image.shape[:2], pred_boxes=Boxes(torch.as_tensor(det["boxes"])),
+                             scores=torch.as_tensor(det["scores"]),
+                             pred_classes=torch.as_tensor(det["classes"]))  # fmt: skip
+            evaluator.process([d], [{"instances": inst}])
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            out[name] = evaluator.evaluate()["bbox"]["AP"]
+    return out
+
+
 def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
-    """COCO AP of a trained model on its test set in fp32 and in bf16 inference."""
+    """COCO AP of a trained model on its test set: eager fp32 and bf16 inference, and the
+    exported model in ONNX Runtime and OpenVINO (f32, bf16)."""
     from detectron2.config import get_cfg
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
@@ -377,6 +408,7 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
         cfg.MODEL.FCOS.INFERENCE_PRECISION = precision
         model = build_model(cfg)
         FCOSCheckpointer(model, strict=True).load(weights)
+        model.eval()
         name = cfg.DATASETS.TEST[0]
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             res = inference_on_dataset(
@@ -384,10 +416,74 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
                 Trainer.build_evaluator(cfg, name, output_folder="/tmp/fcos_d2_bench_eval"),
             )  # fmt: skip
         out[precision or "fp32"] = res["bbox"]["AP"]
+        if precision == "":
+            cfg.MODEL.DEVICE = "cpu"
+            out.update({f"exported_{k}": v for k, v in _exported_ap(cfg, model, name).items()})
     out["bf16_minus_fp32"] = out["bf16"] - out["fp32"]
-    print(f"  AP fp32 {out['fp32']:.2f}, bf16 {out['bf16']:.2f} "
-          f"(difference {out['bf16_minus_fp32']:+.2f})")  # fmt: skip
+    out["exported_openvino_bf16_minus_fp32"] = (
+        out["exported_openvino_bf16"] - out["exported_openvino_fp32"]
+    )
+    print("  AP " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
     return out
+
+
+def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Dict[str, object]:
+    """
+    Exported fcos-d2 (ONNX in ONNX Runtime and OpenVINO f32/bf16, torch.export program)
+    against torchvision's eager fp32 at 800x1333, post-processing included, timed
+    interleaved; and whether the fp32 paths' detections agree with torchvision's.
+    """
+    import tempfile
+
+    from fcos_d2.deploy import ExportedPredictor
+    from fcos_d2.export import export_model
+
+    h, w = size
+    img = image(h, w)
+    tv.transform.min_size = (min(h, w),)
+    tv.transform.max_size = max(h, w)
+    folder = tempfile.mkdtemp(prefix="fcos_d2_bench_export_")
+    t0 = time.perf_counter()
+    onnx_path = export_model(ours, cfg, folder, "onnx", sample_size=(h, w))
+    pt2_path = export_model(ours, cfg, folder, "torch_export", sample_size=(h, w))
+    export_s = time.perf_counter() - t0
+    program = torch.export.load(pt2_path).module()
+    runners = {
+        "onnxruntime_fp32": ExportedPredictor(onnx_path, "onnxruntime", num_threads=threads),
+        "openvino_fp32": ExportedPredictor(onnx_path, "openvino", "f32", num_threads=threads),
+        "openvino_bf16": ExportedPredictor(onnx_path, "openvino", "bf16", num_threads=threads),
+    }
+    x = img.numpy()
+
+    def as_output(boxes, scores, classes) -> List[dict]:
+        inst = Instances((h, w), pred_boxes=Boxes(torch.as_tensor(boxes)),
+                         scores=torch.as_tensor(scores), pred_classes=torch.as_tensor(classes))
+        return [{"instances": inst}]  # fmt: skip
+
+    def run_pt2():
+        b, s_, c, n = program(img, torch.tensor([h, w]))
+        n = int(n)
+        return as_output(b[:n], s_[:n], c[:n])
+
+    fns = {"torchvision_fp32": lambda: tv([img / 255.0]), "torch_export_fp32": run_pt2}
+    for name, predictor in runners.items():
+        fns[name] = lambda p=predictor: as_output(*p.run_resized(x, (h, w)).values())
+    with torch.no_grad():
+        row: Dict[str, object] = {
+            name: 1.0 / t for name, t in timeit_interleaved(fns, repeats).items()
+        }
+        tv_out = fns["torchvision_fp32"]()
+        row["agreement"] = {
+            name: detections_agree(tv_out, fns[name]())
+            for name in ("onnxruntime_fp32", "openvino_fp32", "torch_export_fp32")
+        }
+    row["export_s"] = export_s
+    print(f"  {h}x{w}: " + ", ".join(
+        f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float) and k != "export_s"
+    ))  # fmt: skip
+    for name, agreement in row["agreement"].items():
+        print(f"    {name} detections agree with torchvision: {agreement}")
+    return row
 
 
 def main(argv=None) -> dict:
@@ -395,8 +491,8 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="fewer repeats and box counts")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference train "
-                   "share assign coco")  # fmt: skip
+    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference export "
+                   "train share assign coco ap")  # fmt: skip
     p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
                    help="trained model for the bf16-vs-fp32 AP check (section 6)")
     p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
@@ -406,7 +502,7 @@ def main(argv=None) -> dict:
     print(f"torch {torch.__version__}, {args.threads} threads, detectron2 {compat.D2_VERSION}")
 
     tv = seeded_torchvision_fcos(seed=0, num_classes=91).eval()
-    ours, _ = fcos_d2_twin(tv)
+    ours, ours_cfg = fcos_d2_twin(tv)
     ours.eval()
     plain, _ = fcos_d2_twin(tv, "MODEL.FCOS.FOLD_FROZEN_BN", "False",
                             "MODEL.FCOS.CHANNELS_LAST", "False")  # fmt: skip
@@ -424,6 +520,16 @@ def main(argv=None) -> dict:
         for key, row in inf.items():
             ratios[f"inference_{key}"] = row["fcos_d2_fp32"] / row["torchvision_fp32"]
             ratios[f"inference_{key}_bf16"] = row["fcos_d2_bf16"] / row["torchvision_fp32"]
+    if "export" not in args.skip:
+        print("1b. exported models (ONNX Runtime, OpenVINO, torch.export) at 800x1333")
+        ex = export_section(tv, ours, ours_cfg, repeats, args.threads)
+        results["inference_export"] = ex
+        tv_speed = ex["torchvision_fp32"]
+        fp32 = {k: v for k, v in ex.items() if k.endswith("_fp32") and k != "torchvision_fp32"}
+        best = max(fp32, key=fp32.get)
+        ratios["inference_800x1333_export_fp32"] = fp32[best] / tv_speed
+        ratios["inference_800x1333_export_bf16"] = ex["openvino_bf16"] / tv_speed
+        results["inference_export"]["fastest_fp32"] = best
     # Section 3 measures the untrained twin (as section 1), not the one section 2 trains.
     share_model = copy.deepcopy(ours)
     if "train" not in args.skip:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or verify) the project's virtual environment in .venv/ and install
 # everything fcos-d2 needs: torch + torchvision, Detectron2, fvcore,
-# pycocotools, OpenCV, pytest, ruff and fcos_d2 itself (editable).
+# pycocotools, OpenCV, pytest, ruff, the deployment runtimes (ONNX, ONNX Runtime,
+# OpenVINO) and fcos_d2 itself (editable).
 #
 # Detectron2 is not on PyPI. By default it is built from the `pb1-detectron2`
 # sdist (upstream v0.6 sources) without its C++ extension (README, "Installing
@@ -22,6 +23,9 @@ TORCH_SPEC=(torch==2.14.1 torchvision==0.29.1)
 # and --no-build-isolation for from-source Detectron2 builds).
 EXTRA_SPEC=("Pillow<10" "setuptools<80" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10"
             pycocotools opencv-python-headless "pytest>=8" "ruff==0.17.6")
+# Deployment (fcos_d2/export.py, fcos_d2/deploy.py; setup.py's "deploy" extra), pinned to the
+# versions the export tests ran with.
+DEPLOY_SPEC=("onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "openvino==2026.4.1")
 D2_SOURCE="${FCOS_D2_DETECTRON2:-pb1-detectron2==0.6}"
 
 # The stamp records what the venv was built from; a change re-runs the install.
@@ -34,6 +38,7 @@ KEY="$(stamp_key)"
 check_imports() {
   "$VENV/bin/python" - <<'EOF'
 import fcos_d2, detectron2, torch, torchvision, fvcore, pycocotools, cv2  # noqa: F401
+import onnx, onnxscript, onnxruntime, openvino  # noqa: F401
 from detectron2.engine import DefaultTrainer  # noqa: F401
 EOF
 }
@@ -49,7 +54,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 
 echo "[setup] torch + torchvision (${TORCH_SPEC[*]})"
 "${PIP[@]}" install -q "${TORCH_SPEC[@]}"
-"${PIP[@]}" install -q "${EXTRA_SPEC[@]}" wheel
+"${PIP[@]}" install -q "${EXTRA_SPEC[@]}" "${DEPLOY_SPEC[@]}" wheel
 
 install_pypi_detectron2() {
   # Build upstream v0.6 sources from the pb1-detectron2 sdist without the
@@ -98,7 +103,7 @@ else
   install_pypi_detectron2
 fi
 # Detectron2's own requirements may have moved the pins above; restore them.
-"${PIP[@]}" install -q "${EXTRA_SPEC[@]}"
+"${PIP[@]}" install -q "${EXTRA_SPEC[@]}" "${DEPLOY_SPEC[@]}"
 
 echo "[setup] fcos_d2 (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"

@@ -11,7 +11,12 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["FrozenBNFoldedConv2d", "fold_frozen_batchnorm", "precision_dtype"]
+__all__ = [
+    "FrozenBNFoldedConv2d",
+    "fold_frozen_batchnorm",
+    "freeze_folded_convs",
+    "precision_dtype",
+]
 
 
 class FrozenBNFoldedConv2d(Conv2d):
@@ -67,6 +72,26 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     for m in module.modules():
         if type(m) is Conv2d and isinstance(m.norm, FrozenBatchNorm2d):
             m.__class__ = FrozenBNFoldedConv2d
+            count += 1
+    return count
+
+
+def freeze_folded_convs(module: nn.Module) -> int:
+    """
+    Turn every :class:`FrozenBNFoldedConv2d` inside ``module`` into a plain Detectron2
+    ``Conv2d`` whose weight and bias are the folded ones (in place; the state dict changes:
+    the norms' buffers are gone). For export, where the fold's cache cannot be traced.
+    Returns how many.
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, FrozenBNFoldedConv2d):
+            with torch.no_grad():
+                weight, bias = m._folded()
+            m.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+            m.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            m.norm = None
+            m.__class__ = Conv2d
             count += 1
     return count
 

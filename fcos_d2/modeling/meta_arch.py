@@ -248,17 +248,12 @@ class FCOS(DenseDetector):
     ) -> List[Instances]:
         logits, box_reg, centerness = predictions
         locations = self.locations(features, images.tensor.shape[-2:])
-        level_ids = torch.repeat_interleave(
-            torch.arange(len(locations), device=self.device),
-            torch.tensor([len(x) for x in locations], device=self.device),
-        )
         return fcos_inference(
             cat_levels(logits),
             cat_levels(box_reg),
             cat_levels(centerness).squeeze(2),
             torch.cat(locations),
-            level_ids,
+            [len(x) for x in locations],
             images.image_sizes,
-            num_levels=len(locations),
             **self.inference_kwargs,
         )

@@ -1,0 +1,270 @@
+"""
+Run exported FCOS models (``tools/export_model.py``) with ONNX Runtime or OpenVINO, using
+only numpy, OpenCV and the runtime: no torch, Detectron2 or fcos_d2 model code is imported
+(``import fcos_d2`` skips those when torch is not installed).
+
+    from fcos_d2.deploy import ExportedPredictor
+    predictor = ExportedPredictor("exported/model.onnx", runtime="openvino", precision="bf16")
+    out = predictor(bgr_uint8_image)   # {"boxes": (K, 4), "scores": (K,), "classes": (K,)}
+
+Models exported with ``--network-only`` get the post-processing of
+:func:`fcos_d2.modeling.inference.fcos_postprocess` here, in numpy (:func:`postprocess`).
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "RUNTIMES",
+    "ExportedPredictor",
+    "compute_locations",
+    "load_metadata",
+    "nms_per_class",
+    "postprocess",
+    "resize_shortest_edge",
+]
+
+#: Runtimes of :class:`ExportedPredictor`.
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def load_metadata(model_path: str) -> Dict[str, Any]:
+    """The JSON that tools/export_model.py writes beside a model (``model.onnx`` ->
+    ``model.json``)."""
+    path = os.path.splitext(model_path)[0] + ".json"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: it is written beside the model by tools/export_model.py"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """
+    (H, W, 3) uint8 -> resized so that the shorter side is ``min_size`` and the longer at
+    most ``max_size``: Detectron2's ResizeShortestEdge output size (rounded to nearest),
+    bilinear interpolation with OpenCV (Detectron2 resizes with PIL, whose bilinear
+    filter also smooths when shrinking: pixel values differ slightly).
+    """
+    h, w = image.shape[:2]
+    scale = min_size / min(h, w)
+    new_h, new_w = (min_size, scale * w) if h < w else (scale * h, min_size)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
+    if (new_h, new_w) == (h, w):
+        return image
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+
+
+def compute_locations(
+    shapes: Sequence[Tuple[int, int]], meta: Dict[str, Any]
+) -> List[np.ndarray]:
+    """Per level (H_i * W_i, 2) (x, y) locations, as fcos_d2.modeling.locations places them."""
+    strides = meta["strides"]
+    if meta["location_stride"] == "padded_size_div_grid":
+        ph, pw = shapes[0][0] * strides[0], shapes[0][1] * strides[0]
+        steps = [(ph // h, pw // w) for h, w in shapes]
+    else:
+        steps = [(s, s) for s in strides]
+    out = []
+    for (h, w), (sy, sx) in zip(shapes, steps):
+        xs = np.arange(w, dtype=np.float32) * sx + np.floor(sx * meta["location_offset"])
+        ys = np.arange(h, dtype=np.float32) * sy + np.floor(sy * meta["location_offset"])
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        out.append(np.stack((xx.reshape(-1), yy.reshape(-1)), axis=1))
+    return out
+
+
+def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = iw * ih
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def nms_per_class(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float
+) -> np.ndarray:
+    """
+    Greedy class-aware NMS: (K, 4), (K,), (K,) -> indices kept, by decreasing score. A box
+    is suppressed by a kept higher-scoring box of its class with IoU above the threshold.
+    """
+    keep: List[int] = []
+    for c in np.unique(classes):
+        idx = np.nonzero(classes == c)[0]
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        while len(idx):
+            keep.append(int(idx[0]))
+            if len(idx) == 1:
+                break
+            idx = idx[1:][_iou_one_to_many(boxes[idx[0]], boxes[idx[1:]]) <= iou_threshold]
+    keep_arr = np.array(keep, dtype=np.int64)
+    return keep_arr[np.argsort(-scores[keep_arr], kind="stable")]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def postprocess(
+    level_outputs: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+    image_size: Tuple[int, int],
+    meta: Dict[str, Any],
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    numpy :func:`fcos_d2.modeling.inference.fcos_postprocess` for one image.
+
+    Args:
+        level_outputs: per level (C, H_i, W_i) class logits, (4, H_i, W_i) distances in
+            pixels, (1, H_i, W_i) centerness logits.
+        image_size: (h, w) of the resized image (boxes are clipped to it).
+
+    Returns:
+        boxes (K, 4), scores (K,), classes (K,) in the resized image, by decreasing score.
+    """
+    shapes = [tuple(o[0].shape[-2:]) for o in level_outputs]
+    locations = compute_locations(shapes, meta)
+    thresh, k = meta["score_thresh"], meta["topk_candidates"]
+    all_boxes, all_scores, all_classes = [], [], []
+    for (logits, box_reg, ctr), points in zip(level_outputs, locations):
+        c = logits.shape[0]
+        prob = _sigmoid(logits.reshape(c, -1).T.astype(np.float32))  # (L_i, C)
+        score = prob * _sigmoid(ctr.reshape(-1).astype(np.float32))[:, None]
+        if meta["sqrt_score"]:
+            score = np.sqrt(score)
+        passed = (score if meta["thresh_with_centerness"] else prob) > thresh
+        loc, cls = np.nonzero(passed)
+        cand = score[loc, cls]
+        if len(cand) > k:
+            top = np.argpartition(-cand, k - 1)[:k]
+            loc, cls, cand = loc[top], cls[top], cand[top]
+        ltrb = box_reg.reshape(4, -1).T[loc]
+        p = points[loc]
+        all_boxes.append(np.concatenate((p - ltrb[:, :2], p + ltrb[:, 2:]), axis=1))
+        all_scores.append(cand)
+        all_classes.append(cls)
+    boxes = np.concatenate(all_boxes).astype(np.float32)
+    scores = np.concatenate(all_scores).astype(np.float32)
+    classes = np.concatenate(all_classes).astype(np.int64)
+    if meta["clip"]:
+        h, w = image_size
+        if meta["clip"] == "image_minus_one":
+            h, w = h - 1, w - 1
+        boxes = np.minimum(np.maximum(boxes, 0), np.array([w, h, w, h], dtype=np.float32))
+    nms_boxes = boxes + np.array([0, 0, 1, 1], np.float32) if meta["nms_plus_one"] else boxes
+    keep = nms_per_class(nms_boxes, scores, classes, meta["nms_thresh"])[: meta["max_detections"]]
+    return boxes[keep], scores[keep], classes[keep]
+
+
+class ExportedPredictor:
+    """
+    Detectron2 ``DefaultPredictor``'s job for an exported model: BGR uint8 (H, W, 3) image
+    in, detections in original-image pixels out, with ONNX Runtime or OpenVINO.
+
+    Args:
+        model_path: ``model.onnx`` / ``model_network.onnx`` written by tools/export_model.py
+            (its ``.json`` beside it).
+        runtime: "onnxruntime" or "openvino".
+        precision: OpenVINO's inference precision, "f32" or "bf16" (OpenVINO's own default
+            on CPUs with AVX512-BF16 or AMX is bf16); ONNX Runtime runs fp32.
+        device: OpenVINO device ("CPU", "GPU"); ONNX Runtime uses CUDA when its GPU package
+            and a GPU are present, else the CPU.
+        num_threads: threads of the runtime (None: its default).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        runtime: str = "onnxruntime",
+        precision: str = "f32",
+        device: str = "CPU",
+        num_threads: Optional[int] = None,
+    ):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if precision not in ("f32", "bf16"):
+            raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+        if runtime == "onnxruntime" and precision != "f32":
+            raise ValueError("ONNX Runtime runs fp32 here; use runtime='openvino' for bf16")
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"exported model not found: {model_path}")
+        self.meta = load_metadata(model_path)
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            if num_threads:
+                options.intra_op_num_threads = num_threads
+            providers = [
+                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                if p in ort.get_available_providers()
+            ]  # fmt: skip
+            self._session = ort.InferenceSession(model_path, options, providers=providers)
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+            if num_threads:
+                config["INFERENCE_NUM_THREADS"] = num_threads
+            self._compiled = core.compile_model(core.read_model(model_path), device, config)
+
+    def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
+        if self.runtime == "onnxruntime":
+            names = [i.name for i in self._session.get_inputs()]
+            return self._session.run(None, dict(zip(names, inputs)))
+        result = self._compiled(inputs)
+        return [result[o] for o in self._compiled.outputs]
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """BGR uint8 (H, W, 3) -> the model's input: (3, h, w) float32, resized, its channel
+        order."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected a BGR uint8 (H, W, 3) image, got {image.dtype} {image.shape}"
+            )
+        if self.meta["input_format"] == "RGB":
+            image = image[:, :, ::-1]
+        resized = resize_shortest_edge(
+            image, self.meta["min_size_test"], self.meta["max_size_test"]
+        )
+        return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+
+    def run_resized(
+        self, image: np.ndarray, original_size: Tuple[int, int]
+    ) -> Dict[str, np.ndarray]:
+        """Detections of a (3, h, w) model input (see :meth:`preprocess`), in the pixels
+        of an original image of (height, width) ``original_size``."""
+        h, w = image.shape[1:]
+        oh, ow = original_size
+        if not self.meta["network_only"]:
+            boxes, scores, classes, count = self._run(
+                [image, np.array([oh, ow], dtype=np.int64)]
+            )
+            n = int(count)
+            return {"boxes": boxes[:n], "scores": scores[:n], "classes": classes[:n]}
+        outputs = self._run([image])
+        levels = [tuple(outputs[i : i + 3]) for i in range(0, len(outputs), 3)]
+        boxes, scores, classes = postprocess(levels, (h, w), self.meta)
+        # Detectron2's detector_postprocess: rescale, clip, drop empty boxes.
+        boxes = boxes * np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
+        boxes = np.minimum(np.maximum(boxes, 0), np.array([ow, oh, ow, oh], dtype=np.float32))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]}
+
+    def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
+        """BGR uint8 (H, W, 3) -> {"boxes": (K, 4) float32 x0 y0 x1 y1, "scores": (K,),
+        "classes": (K,) int64}, in original-image pixels, by decreasing score."""
+        return self.run_resized(self.preprocess(image), image.shape[:2])

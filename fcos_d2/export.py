@@ -1,0 +1,262 @@
+"""
+Export the FCOS detector to ONNX and to ``torch.export`` programs.
+
+:class:`ExportableFCOS` is the whole detector as one module with static-shape
+post-processing (the same :func:`~fcos_d2.modeling.inference.fcos_postprocess` as eager
+inference):
+
+    inputs:  image (3, H, W) float32, the config's channel order (INPUT.FORMAT) and 0-255
+             range, already resized as the config's test resize does (any H, W);
+             original_size (2,) int64 (height, width) of the image before resizing.
+    outputs: boxes (D, 4) float32 (x0, y0, x1, y1) in original-image pixels,
+             scores (D,) float32, classes (D,) int64, count () int64;
+             the first ``count`` rows are the detections in decreasing score order (D =
+             TEST.DETECTIONS_PER_IMAGE), the rest padding (score -1).
+
+:class:`ExportableFCOSNetwork` is backbone + head only (``--network-only``): for each level
+p3..p7 its class logits (C, H_i, W_i), box distances in pixels (4, H_i, W_i) and
+centerness logits (1, H_i, W_i), for runtimes without NMS; :mod:`fcos_d2.deploy` holds the
+same post-processing in numpy.
+
+A JSON file beside each exported model (:func:`deploy_metadata`) records what a runtime
+needs: the test resize, channel order, strides, the post-processing settings.
+"""
+
+import copy
+import json
+import os
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .modeling.fast import freeze_folded_convs
+from .modeling.inference import fcos_postprocess
+from .modeling.locations import compute_locations
+from .modeling.meta_arch import FCOS, cat_levels
+from .modeling.nms import decompose_batched_nms_mask, onnx_batched_nms_mask
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportableFCOS",
+    "ExportableFCOSNetwork",
+    "check_exportable",
+    "deploy_metadata",
+    "export_model",
+    "metadata_path",
+]
+
+#: Formats of :func:`export_model` (and tools/export_model.py --format).
+EXPORT_FORMATS = ("onnx", "torch_export")
+ONNX_OPSET = 18
+#: Sides an exported model accepts: at least 129 px, so that every level down to P7 (stride
+#: 128, after padding to 32) has 2 or more rows and columns, which the exported graph assumes.
+MIN_SIDE, MAX_SIDE = 129, 4096
+
+
+class ExportableFCOSNetwork(nn.Module):
+    """Normalisation, padding, backbone and head of an FCOS model, in fp32 with folded norms."""
+
+    def __init__(self, model: FCOS):
+        super().__init__()
+        model = copy.deepcopy(model).float().eval()
+        # Contiguous (NCHW) weights: the exported graph's layout is the runtime's choice.
+        model.to(memory_format=torch.contiguous_format)
+        freeze_folded_convs(model.backbone)
+        self.backbone = model.backbone
+        self.head = model.head
+        self.requires_grad_(False)  # the exported programs return plain (no-grad) tensors
+        self.in_features = list(model.head_in_features)
+        self.register_buffer("pixel_mean", model.pixel_mean.clone(), persistent=False)
+        self.register_buffer("pixel_std", model.pixel_std.clone(), persistent=False)
+        self.size_divisibility = int(model.backbone.size_divisibility)
+
+    def predictions(self, image: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """(3, H, W) image -> per level (1, C, H_i, W_i), (1, 4, H_i, W_i), (1, 1, H_i, W_i)."""
+        x = (image - self.pixel_mean) / self.pixel_std
+        if self.size_divisibility > 1:  # pad bottom/right with 0 after normalising, as D2
+            d = self.size_divisibility
+            # Written as a multiple of d, which lets torch.export see that every level's
+            # size is exactly half the previous one's.
+            pad_h = (image.shape[1] + d - 1) // d * d - image.shape[1]
+            pad_w = (image.shape[2] + d - 1) // d * d - image.shape[2]
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        features = self.backbone(x[None])
+        return self.head([features[f] for f in self.in_features])
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        logits, box_reg, centerness = self.predictions(image)
+        out: List[Tensor] = []
+        for triple in zip(logits, box_reg, centerness):
+            out.extend(t[0] for t in triple)
+        return tuple(out)
+
+    @staticmethod
+    def output_names(num_levels: int) -> List[str]:
+        return [
+            f"{kind}_{level}"
+            for level in range(num_levels)
+            for kind in ("logits", "box_reg", "centerness")
+        ]
+
+
+class ExportableFCOS(nn.Module):
+    """The whole detector: :class:`ExportableFCOSNetwork` + locations + post-processing +
+    Detectron2's ``detector_postprocess`` (rescale, clip, drop empty boxes)."""
+
+    def __init__(self, model: FCOS):
+        super().__init__()
+        self.network = ExportableFCOSNetwork(model)
+        self.strides = list(model.strides)
+        self.location_offset = model.location_offset
+        self.location_stride = model.location_stride
+        self.inference_kwargs = dict(model.inference_kwargs)
+
+    def forward(
+        self, image: Tensor, original_size: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        logits, box_reg, centerness = self.network.predictions(image)
+        height, width = image.shape[1], image.shape[2]
+        shapes = [tuple(x.shape[-2:]) for x in logits]
+        padded = (logits[0].shape[-2] * self.strides[0], logits[0].shape[-1] * self.strides[0])
+        locations = compute_locations(
+            shapes, self.strides, self.location_offset, image.device,
+            mode=self.location_stride, padded_size=padded,
+        )  # fmt: skip
+        size = torch.stack((image.new_ones(()) * height, image.new_ones(()) * width))
+        det = fcos_postprocess(
+            cat_levels(logits), cat_levels(box_reg), cat_levels(centerness).squeeze(2),
+            torch.cat(locations), [h * w for h, w in shapes], size[None],
+            **self.inference_kwargs,
+        )  # fmt: skip
+        boxes, scores, classes, valid = (t[0] for t in det)
+        # detector_postprocess: scale to the original size, clip to it, drop empty boxes.
+        original = original_size.to(boxes.dtype)
+        scale = original / size
+        boxes = boxes * torch.stack((scale[1], scale[0], scale[1], scale[0]))
+        limit = torch.stack((original[1], original[0], original[1], original[0]))
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        valid = valid & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        # Valid rows first, in their (decreasing score) order: distinct keys, one top-k.
+        d = valid.shape[0]
+        rank = torch.arange(d, 0, -1, device=valid.device, dtype=torch.float32)
+        order = (valid.to(torch.float32) * d + rank).topk(d).indices
+        boxes, scores, classes, valid = boxes[order], scores[order], classes[order], valid[order]
+        scores = torch.where(valid, scores, -1.0)
+        return boxes, scores, classes, valid.sum()
+
+
+def check_exportable(cfg: CfgNode) -> None:
+    """Raise ValueError naming the config key if the config cannot be exported."""
+    f = cfg.MODEL.FCOS
+    if f.INFERENCE_PRECISION not in ("", "fp32", "float32"):
+        raise ValueError(
+            f"MODEL.FCOS.INFERENCE_PRECISION {f.INFERENCE_PRECISION!r}: export writes fp32 "
+            "models; choose the runtime's precision instead (e.g. OpenVINO bf16)"
+        )
+    if f.COMPILE:
+        raise ValueError("MODEL.FCOS.COMPILE True: export the eager model (COMPILE False)")
+    if cfg.MODEL.META_ARCHITECTURE != "fcos_d2.FCOS":
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}: only fcos_d2.FCOS exports"
+        )
+
+
+def deploy_metadata(cfg: CfgNode, model: FCOS, network_only: bool) -> Dict[str, Any]:
+    """What a runtime needs besides the model file (see fcos_d2/deploy.py)."""
+    inference = dict(model.inference_kwargs)
+    return {
+        "format_version": 1,
+        "network_only": network_only,
+        "input_format": cfg.INPUT.FORMAT,
+        "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
+        "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+        "num_classes": int(model.num_classes),
+        "strides": [int(s) for s in model.strides],
+        "size_divisibility": int(model.backbone.size_divisibility),
+        "location_offset": float(model.location_offset),
+        "location_stride": model.location_stride,
+        "score_thresh": float(inference["score_thresh"]),
+        "topk_candidates": int(inference["topk_candidates"]),
+        "nms_thresh": float(inference["nms_thresh"]),
+        "max_detections": int(inference["max_detections"]),
+        "thresh_with_centerness": bool(inference["thresh_with_centerness"]),
+        "sqrt_score": bool(inference["sqrt_score"]),
+        "clip": inference["clip"],
+        "nms_plus_one": bool(inference["nms_plus_one"]),
+    }
+
+
+def metadata_path(model_path: str) -> str:
+    """The metadata JSON written beside an exported model: ``model.onnx`` -> ``model.json``."""
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def _sample_inputs(height: int, width: int) -> Tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, height, width, generator=g) * 255
+    return image, torch.tensor([height, width], dtype=torch.int64)
+
+
+def export_model(
+    model: FCOS,
+    cfg: CfgNode,
+    output: str,
+    fmt: str,
+    *,
+    network_only: bool = False,
+    sample_size: Sequence[int] = (320, 416),
+) -> str:
+    """
+    Export ``model`` (weights loaded) as ``fmt`` into the folder ``output`` and return the
+    model file's path: ``model.onnx`` / ``model_network.onnx`` (ONNX opset 18) or
+    ``model.pt2`` (``torch.export``; loads with ``torch.export.load`` in a process that
+    imports torch and torchvision only). Height and width are dynamic; ``sample_size`` is
+    the size traced with.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
+    if network_only and fmt != "onnx":
+        raise ValueError("--network-only exports ONNX only")
+    check_exportable(cfg)
+    os.makedirs(output, exist_ok=True)
+    image, original = _sample_inputs(*sample_size)
+    height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
+    module = ExportableFCOSNetwork(model) if network_only else ExportableFCOS(model)
+    module.eval()
+    if network_only:
+        args: Tuple[Tensor, ...] = (image,)
+        dynamic: Any = ({1: height, 2: width},)
+    else:
+        args = (image, original)
+        dynamic = ({1: height, 2: width}, None)
+    with torch.no_grad():
+        if fmt == "onnx":
+            name = "model_network.onnx" if network_only else "model.onnx"
+            path = os.path.join(output, name)
+            num_levels = len(model.strides)
+            program = torch.onnx.export(
+                module, args, dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=dynamic,
+                input_names=["image"] if network_only else ["image", "original_size"],
+                output_names=ExportableFCOSNetwork.output_names(num_levels) if network_only
+                else ["boxes", "scores", "classes", "count"],
+                custom_translation_table={
+                    torch.ops.fcos_d2.batched_nms_mask.default: onnx_batched_nms_mask
+                },
+                verbose=False,
+            )  # fmt: skip
+            program.save(path)
+        else:
+            path = os.path.join(output, "model.pt2")
+            program = torch.export.export(module, args, dynamic_shapes=dynamic)
+            # No fcos_d2 operator in the saved program: NMS becomes torchvision's.
+            program = program.run_decompositions(
+                {torch.ops.fcos_d2.batched_nms_mask.default: decompose_batched_nms_mask}
+            )
+            torch.export.save(program, path)
+    with open(metadata_path(path), "w") as f:
+        json.dump(deploy_metadata(cfg, model, network_only), f, indent=2)
+    return path

@@ -1,0 +1,296 @@
+"""
+Export (tools/export_model.py, fcos_d2/export.py) and the runtime class (fcos_d2/deploy.py):
+the exported ONNX model in ONNX Runtime and OpenVINO, the network-only ONNX with numpy
+post-processing, and the torch.export program give eager fcos-d2's detections at image
+sizes other than the export size; the runtime class runs without torch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from torchvision.ops import batched_nms
+
+import fcos_d2
+from fcos_d2.deploy import ExportedPredictor, nms_per_class, postprocess, resize_shortest_edge
+from fcos_d2.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import export_model as export_tool  # noqa: E402
+
+ort = pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
+EXPORT_SIZE = (320, 416)
+# (h, w) of model inputs, none the export size: one filling the cap of 100 detections,
+# one of extreme aspect ratio, odd sizes.
+SIZES = [(352, 480), (160, 900), (241, 187), (448, 448)]
+BOX_TOL = 1e-2  # px (measured: ~1e-4)
+SCORE_TOL = 1e-4
+
+
+def quickstart_cfg():
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(QUICKSTART)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+BOX_BIAS, BOX_WEIGHT = 0.3, 0.5
+
+
+def detecting_model(cls_bias: float):
+    """The quickstart model, untrained, made to detect: raised class bias, boxes of a few
+    strides."""
+    torch.manual_seed(0)
+    model = build_model(quickstart_cfg()).eval()
+    with torch.no_grad():
+        model.head.cls_logits.weight.mul_(30)
+        model.head.cls_logits.bias.fill_(cls_bias)
+        model.head.bbox_pred.weight.mul_(BOX_WEIGHT)
+        model.head.bbox_pred.bias.fill_(BOX_BIAS)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """{name: (model path, eager model)} of the detecting model in every format, and of a
+    model that detects nothing (class bias -30) as full ONNX and .pt2."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for name, bias, formats in [
+        ("detecting", -2.0, [("onnx", False), ("onnx", True), ("torch_export", False)]),
+        ("empty", -30.0, [("onnx", False), ("torch_export", False)]),
+    ]:
+        model = detecting_model(bias)
+        weights = str(root / f"{name}.pth")
+        torch.save({"model": model.state_dict()}, weights)
+        for fmt, network_only in formats:
+            argv = ["--config-file", QUICKSTART, "--format", fmt, "--output", str(root / name),
+                    "--sample-size", *map(str, EXPORT_SIZE), "MODEL.WEIGHTS", weights]  # fmt: skip
+            if network_only:
+                argv.insert(-2, "--network-only")
+            path = export_tool.main(argv)
+            out[(name, fmt, network_only)] = path
+        out[name] = model
+    return out
+
+
+def images():
+    g = torch.Generator().manual_seed(7)
+    return [torch.rand(3, h, w, generator=g) * 255 for h, w in SIZES]
+
+
+def eager(model, image, original):
+    with torch.no_grad():
+        inst = model([{"image": image, "height": original[0], "width": original[1]}])[0]
+    inst = inst["instances"]
+    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
+
+
+def assert_same(got, want):
+    boxes, scores, classes = (np.asarray(x) for x in got)
+    e_boxes, e_scores, e_classes = want
+    assert len(scores) == len(e_scores)
+    if len(scores):
+        assert np.abs(scores - e_scores).max() < SCORE_TOL
+        assert (classes == e_classes).all()
+        assert np.abs(boxes - e_boxes).max() < BOX_TOL
+
+
+def runners(exported, name):
+    """Callables (image (3, h, w) tensor, original (h, w)) -> (boxes, scores, classes)."""
+    out = {}
+    onnx_path = exported[(name, "onnx", False)]
+    for label, predictor in [
+        ("onnxruntime", ExportedPredictor(onnx_path, "onnxruntime", num_threads=2)),
+        ("openvino_f32", ExportedPredictor(onnx_path, "openvino", "f32", num_threads=2)),
+    ]:
+        out[label] = predictor
+    if (name, "onnx", True) in exported:
+        net = exported[(name, "onnx", True)]
+        out["network_only_onnxruntime"] = ExportedPredictor(net, "onnxruntime", num_threads=2)
+        out["network_only_openvino_f32"] = ExportedPredictor(net, "openvino", num_threads=2)
+    program = torch.export.load(exported[(name, "torch_export", False)]).module()
+
+    def run_pt2(image, original):
+        with torch.no_grad():
+            b, s, c, n = program(image, torch.tensor(original))
+        n = int(n)
+        return b[:n].numpy(), s[:n].numpy(), c[:n].numpy()
+
+    def wrap(predictor):
+        def run(image, original):
+            d = predictor.run_resized(image.numpy(), original)
+            return d["boxes"], d["scores"], d["classes"]
+
+        return run
+
+    funcs = {label: wrap(p) for label, p in out.items()}
+    funcs["torch_export"] = run_pt2
+    return funcs
+
+
+def test_exported_models_match_eager(exported):
+    model = exported["detecting"]
+    counts = []
+    for image in images():
+        original = (image.shape[1] * 2 + 1, image.shape[2] * 2 - 1)  # rescaled outputs
+        want = eager(model, image, original)
+        counts.append(len(want[1]))
+        for label, run in runners(exported, "detecting").items():
+            try:
+                assert_same(run(image, original), want)
+            except AssertionError as e:
+                raise AssertionError(f"{label} at {tuple(image.shape[1:])}: {e}") from e
+    assert max(counts) == 100  # one size fills the per-image cap
+    assert min(counts) > 0
+
+
+def test_exported_models_without_detections(exported):
+    model = exported["empty"]
+    for image in images()[:2]:
+        original = tuple(image.shape[1:])
+        assert len(eager(model, image, original)[1]) == 0
+        for label, run in runners(exported, "empty").items():
+            boxes, scores, classes = run(image, original)
+            assert len(scores) == 0 and boxes.shape == (0, 4), label
+
+
+def test_metadata_and_outputs_are_documented_shapes(exported):
+    path = exported[("detecting", "onnx", False)]
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        meta = json.load(f)
+    assert meta["network_only"] is False and meta["num_classes"] == 5
+    assert meta["min_size_test"] == 352 and meta["strides"] == [8, 16, 32, 64, 128]
+    session = ort.InferenceSession(path)
+    assert [i.name for i in session.get_inputs()] == ["image", "original_size"]
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes", "count"]
+    boxes, scores, classes, count = session.run(
+        None, {"image": images()[0].numpy(), "original_size": np.array([352, 480])}
+    )
+    assert boxes.shape == (100, 4) and scores.shape == (100,) and classes.shape == (100,)
+    n = int(count)
+    assert (scores[:n] >= 0).all() and (scores[n:] == -1).all()
+    assert (np.diff(scores[:n]) <= 0).all()  # decreasing
+
+
+def test_pt2_loads_without_detectron2_and_fcos_d2(exported, tmp_path):
+    path = exported[("detecting", "torch_export", False)]
+    image = images()[1]
+    np.save(tmp_path / "image.npy", image.numpy())
+    code = f"""
+import sys
+for name in ("detectron2", "fcos_d2"):
+    sys.modules[name] = None  # importing either now fails
+import numpy as np, torch, torchvision  # torchvision registers its nms operator
+program = torch.export.load({path!r}).module()
+image = torch.from_numpy(np.load({str(tmp_path / "image.npy")!r}))
+b, s, c, n = program(image, torch.tensor([{image.shape[1]}, {image.shape[2]}]))
+n = int(n)
+np.savez({str(tmp_path / "out.npz")!r}, boxes=b[:n].numpy(), scores=s[:n].numpy(),
+         classes=c[:n].numpy())
+assert not any(m.startswith(("detectron2", "fcos_d2")) for m in sys.modules if sys.modules[m])
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    want = eager(exported["detecting"], image, tuple(image.shape[1:]))
+    assert_same((got["boxes"], got["scores"], got["classes"]), want)
+    assert len(want[1]) > 0
+
+
+def test_runtime_class_runs_without_torch(exported, tmp_path):
+    # The whole path of a deployment machine: BGR uint8 image in, detections out, with torch
+    # (and so Detectron2 and fcos_d2's model code) impossible to import.
+    path = exported[("detecting", "onnx", False)]
+    g = np.random.default_rng(3)
+    bgr = g.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    np.save(tmp_path / "bgr.npy", bgr)
+    code = f"""
+import sys
+sys.modules["torch"] = None
+import numpy as np
+from fcos_d2.deploy import ExportedPredictor
+bgr = np.load({str(tmp_path / "bgr.npy")!r})
+for runtime in ("onnxruntime", "openvino"):
+    out = ExportedPredictor({path!r}, runtime)(bgr)
+    np.savez({str(tmp_path)!r} + "/" + runtime + ".npz", **out)
+assert not any(m.startswith(("torch", "detectron2")) for m in sys.modules if sys.modules[m])
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    # The same as eager fcos-d2 on the runtime class's own resized input.
+    predictor = ExportedPredictor(path, "onnxruntime")
+    resized = torch.from_numpy(predictor.preprocess(bgr))
+    assert tuple(resized.shape[1:]) == T.ResizeShortestEdge.get_output_shape(300, 500, 352, 512)
+    want = eager(exported["detecting"], resized, bgr.shape[:2])
+    assert len(want[1]) > 0
+    for runtime in ("onnxruntime", "openvino"):
+        got = np.load(tmp_path / f"{runtime}.npz")
+        assert_same((got["boxes"], got["scores"], got["classes"]), want)
+
+
+@pytest.mark.parametrize("h,w", [(300, 500), (500, 300), (100, 2000), (352, 352), (801, 1)])
+def test_resize_matches_detectron2_output_size(h, w):
+    image = np.zeros((h, w, 3), np.uint8)
+    expected = T.ResizeShortestEdge.get_output_shape(h, w, 352, 512)
+    assert resize_shortest_edge(image, 352, 512).shape[:2] == expected
+
+
+def test_numpy_nms_matches_torchvision():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=g) * 40 + 1], dim=1)
+    scores = torch.rand(300, generator=g)
+    classes = torch.randint(0, 4, (300,), generator=g)
+    for thresh in (0.3, 0.6):
+        want = batched_nms(boxes, scores, classes, thresh).numpy()
+        got = nms_per_class(boxes.numpy(), scores.numpy(), classes.numpy(), thresh)
+        assert got.tolist() == want.tolist()
+        assert 30 < len(got) < 300
+
+
+def test_numpy_postprocess_with_no_candidates():
+    meta = {"strides": [8, 16], "location_stride": "level", "location_offset": 0.5,
+            "score_thresh": 0.05, "topk_candidates": 1000, "sqrt_score": False,
+            "thresh_with_centerness": False, "clip": "image", "nms_plus_one": False,
+            "nms_thresh": 0.6, "max_detections": 100}  # fmt: skip
+    levels = [(np.full((3, 4, 6), -10.0), np.ones((4, 4, 6)), np.zeros((1, 4, 6))),
+              (np.full((3, 2, 3), -10.0), np.ones((4, 2, 3)), np.zeros((1, 2, 3)))]  # fmt: skip
+    boxes, scores, classes = postprocess(levels, (30, 44), meta)
+    assert boxes.shape == (0, 4) and len(scores) == 0 and len(classes) == 0
+
+
+def test_export_tool_refuses_bad_requests(tmp_path):
+    base = ["--config-file", QUICKSTART, "--output", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:  # argparse: "invalid choice: 'caffe2'"
+        export_tool.main(base + ["--format", "caffe2"])
+    assert e.value.code == 2
+    with pytest.raises(InputError, match="needs trained weights: MODEL.WEIGHTS"):
+        export_tool.main(base + ["--format", "onnx"])
+    with pytest.raises(InputError, match="MODEL.WEIGHTS not found: nowhere.pth"):
+        export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", "nowhere.pth"])
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": build_model(quickstart_cfg()).state_dict()}, weights)
+    with pytest.raises(InputError, match="INFERENCE_PRECISION 'bf16'"):
+        export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", weights,
+                                 "MODEL.FCOS.INFERENCE_PRECISION", "bf16"])  # fmt: skip
+    with pytest.raises(InputError, match="--network-only exports ONNX only"):
+        export_tool.main(base + ["--format", "torch_export", "--network-only",
+                                 "MODEL.WEIGHTS", weights])  # fmt: skip
+    with pytest.raises(InputError, match="config file not found"):
+        export_tool.main(["--config-file", "missing.yaml", "--format", "onnx", "--output", "x"])
+    assert not any(p.suffix in (".onnx", ".pt2") for p in tmp_path.iterdir())
