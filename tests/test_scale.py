@@ -1,0 +1,346 @@
+"""
+Training at scale on the CPU (GLOO): train_net.py under torchrun, as two "machines" with
+Detectron2's flags, and as SLURM tasks trains exactly as ``--num-gpus 2`` under launch;
+a torchrun restart resumes from the last checkpoint; ``--eval-only`` on 2 workers gives
+the AP of 1 worker; the launcher environment is read and checked (dist_env).
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import (
+    QUICKSTART,
+    ROOT,
+    TINY_OPTS,
+    TRAIN_NET,
+    copypaste_ap,
+    metrics,
+    run_train_net,
+    start_iteration,
+    tiny_env,
+)
+
+from fcos_d2.engine.dist_env import (
+    ProcessGroupEnv,
+    check_launch_args,
+    detect_process_group_env,
+    first_slurm_host,
+)
+from fcos_d2.errors import InputError
+
+# ------------------------------------------------------------------ environment parsing
+TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}  # fmt: skip
+SLURM = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+         "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NODELIST": "gpu[07-08]",
+         "SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "0"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [("node1", "node1"), ("node[03-05,9],gpu1", "node03"), ("gpu1,node[03-05]", "gpu1"),
+     ("a[1-2]b[7,8]", "a1b7"), ("rack1-n[010-012]", "rack1-n010"), ("10.1.2.3", "10.1.2.3")],
+)  # fmt: skip
+def test_first_slurm_host(nodelist, host):
+    assert first_slurm_host(nodelist) == host
+
+
+def test_first_slurm_host_refuses_malformed_lists():
+    for bad in ("", "node[", "node[]"):
+        with pytest.raises(InputError, match="SLURM_JOB_NODELIST"):
+            first_slurm_host(bad)
+
+
+def test_torchrun_environment():
+    pg = detect_process_group_env(TORCHRUN)
+    assert pg == ProcessGroupEnv("torchrun", 3, 4, 1, 2, "10.0.0.1", 29500)
+    assert (pg.num_machines, pg.machine_rank, pg.init_method) == (2, 1, "env://")
+    assert detect_process_group_env({"PATH": "/bin", "MASTER_PORT": "1"}) is None
+
+
+def test_half_set_torchrun_environment_names_the_missing_variables():
+    env = {k: TORCHRUN[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    with pytest.raises(InputError) as e:
+        detect_process_group_env(env)
+    assert "LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_PORT missing" in str(e.value)
+
+
+def test_slurm_environment():
+    # Rank 5 of 8 with 4 tasks per machine: machine 1; master on the list's first host and
+    # port 15000 + 123456 % 20000 = 18456.
+    pg = detect_process_group_env(SLURM)
+    assert pg == ProcessGroupEnv("SLURM", 5, 8, 1, 4, "gpu07", 18456)
+    assert pg.init_method == "tcp://gpu07:18456" and pg.machine_rank == 1
+    env = dict(SLURM, MASTER_ADDR="10.0.0.9", MASTER_PORT="4000")
+    assert detect_process_group_env(env).init_method == "tcp://10.0.0.9:4000"
+    del env["SLURM_NTASKS_PER_NODE"]
+    assert detect_process_group_env(dict(env, SLURM_TASKS_PER_NODE="4(x2)")).local_world_size == 4
+    with pytest.raises(InputError, match=r"SLURM_TASKS_PER_NODE=4\(x1\),3: .*different numbers"):
+        detect_process_group_env(dict(env, SLURM_TASKS_PER_NODE="4(x1),3", SLURM_NTASKS="7"))
+
+
+def test_slurm_single_task_or_batch_script_is_not_a_group():
+    # One task (e.g. the batch script of `sbatch --ntasks 1`): --num-gpus spawns as usual.
+    assert detect_process_group_env(dict(SLURM, SLURM_NTASKS="1", SLURM_PROCID="0")) is None
+    assert detect_process_group_env({"SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}) is None
+
+
+def test_half_set_slurm_environment_names_the_missing_variables():
+    with pytest.raises(InputError, match="SLURM_PROCID set but SLURM_NTASKS missing"):
+        detect_process_group_env({"SLURM_PROCID": "1"})
+    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    with pytest.raises(InputError) as e:
+        detect_process_group_env(env)
+    for name in ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST", "MASTER_PORT"):
+        assert name in str(e.value)
+
+
+def test_inconsistent_or_ambiguous_environments():
+    with pytest.raises(InputError, match="inconsistent torchrun environment: RANK=4, WORLD_SIZE=4"):
+        detect_process_group_env(dict(TORCHRUN, RANK="4"))
+    # Cyclic task distribution: rank 1 is machine 1's first task.
+    with pytest.raises(InputError, match="not consecutive"):
+        detect_process_group_env(dict(SLURM, SLURM_PROCID="1", SLURM_LOCALID="0"))
+    # Both sets, set by hand, describing different groups.
+    with pytest.raises(InputError, match="ambiguous environment: .* rank 3 of 4, .* rank 5 of 8"):
+        detect_process_group_env({**SLURM, **TORCHRUN})
+    # srun started torchrun: torchrun's own variables win.
+    pg = detect_process_group_env({**SLURM, **TORCHRUN, "TORCHELASTIC_RUN_ID": "x"})
+    assert pg.source == "torchrun" and pg.rank == 3
+
+
+def test_arguments_that_contradict_the_environment():
+    pg = detect_process_group_env(TORCHRUN)  # 2 machines x 2 workers, this is machine 1
+    for ok in [(1, 1, 0), (2, 1, 0), (2, 2, 1), (1, 2, 1)]:
+        check_launch_args(pg, *ok)
+    with pytest.raises(InputError, match="--num-gpus 8 contradicts the torchrun environment"):
+        check_launch_args(pg, 8, 1, 0)
+    with pytest.raises(InputError, match="--num-machines 3 contradicts"):
+        check_launch_args(pg, 1, 3, 0)
+    with pytest.raises(InputError, match="--machine-rank 2 contradicts .* machine 1"):
+        check_launch_args(pg, 1, 2, 2)
+
+
+def test_train_net_refuses_num_gpus_that_contradicts_torchrun(tmp_path):
+    env = dict(tiny_env(tmp_path / "cache"), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+               LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1")  # fmt: skip
+    proc = run_train_net(["--config-file", QUICKSTART, "--num-gpus", "4"], env, check=False)
+    assert proc.returncode == 2
+    assert "--num-gpus 4 contradicts the torchrun environment" in proc.stdout
+    assert "Traceback" not in proc.stdout
+
+
+# ----------------------------------------------------------------- 2-worker training runs
+MAX_ITER = 12
+SCHEDULE = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", str(MAX_ITER), "SOLVER.STEPS", "(9,)",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.LOG_PERIOD", "1", "DATASETS.TEST", "()",
+            *TINY_OPTS[2:]]  # fmt: skip
+LOSS_KEYS = ("iteration", "lr", "total_loss", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun():
+    exe = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return [exe] if os.path.isfile(exe) else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _run_all(cmds, env, timeout=600):
+    """Start the commands together (they form one group) and wait for all; (rc, log) each."""
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for cmd, e in zip(cmds, env)
+    ]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+        return [(p.returncode, log) for p, log in zip(procs, logs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def _losses(out):
+    """Per-iteration losses and LR of metrics.json (every iteration: SOLVER.LOG_PERIOD 1)."""
+    return [{k: r[k] for k in LOSS_KEYS} for r in metrics(out) if "loss_fcos_cls" in r]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _files(out):
+    """The output folder's files, the event file's name reduced to its prefix."""
+    names = []
+    for name in sorted(os.listdir(out)):
+        names.append("events.out.tfevents" if name.startswith("events.out.tfevents") else name)
+    return names
+
+
+def _check_one_copy(out):
+    """Only rank 0 wrote checkpoints, metrics and events; rank 1 logged to log.txt.rank1."""
+    assert len(glob.glob(os.path.join(out, "events.out.tfevents*"))) == 1
+    assert [r["iteration"] for r in _losses(out)] == list(range(MAX_ITER))
+    with open(os.path.join(out, "log.txt")) as f:
+        assert "Rank of current process: 0. World size: 2" in f.read()
+    with open(os.path.join(out, "log.txt.rank1")) as f:
+        assert "Rank of current process: 1. World size: 2" in f.read()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The run every launcher is compared with: ``--num-gpus 2`` under launch."""
+    base = tmp_path_factory.mktemp("scale")
+    env = tiny_env(base / "cache")
+    out = base / "launch"
+    run_train_net(["--config-file", QUICKSTART, "--num-gpus", "2", "OUTPUT_DIR", str(out),
+                   *SCHEDULE], env)  # fmt: skip
+    _check_one_copy(out)
+    return {"base": base, "env": env, "out": out}
+
+
+def _launch_torchrun(out, env):
+    cmd = [*_torchrun(), "--nproc-per-node", "2", TRAIN_NET, "--config-file", QUICKSTART,
+           "OUTPUT_DIR", str(out), *SCHEDULE]  # fmt: skip
+    return _run_all([cmd], [env])
+
+
+def _launch_two_machines(out, env):
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    cmds = [[sys.executable, TRAIN_NET, "--config-file", QUICKSTART, "--num-machines", "2",
+             "--machine-rank", str(r), "--dist-url", url, "OUTPUT_DIR", str(out), *SCHEDULE]
+            for r in range(2)]  # fmt: skip
+    return _run_all(cmds, [env, env])
+
+
+def _launch_slurm(out, env):
+    port = str(_free_port())
+    envs = [dict(env, SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+                 SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NODELIST="localhost", MASTER_PORT=port)
+            for r in range(2)]  # fmt: skip
+    cmd = [sys.executable, TRAIN_NET, "--config-file", QUICKSTART, "OUTPUT_DIR", str(out),
+           *SCHEDULE]  # fmt: skip
+    return _run_all([cmd, cmd], envs)
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "two_machines", "slurm"])
+def test_launcher_trains_as_launch_with_two_workers(reference, launcher):
+    out = reference["base"] / launcher
+    start = {"torchrun": _launch_torchrun, "two_machines": _launch_two_machines,
+             "slurm": _launch_slurm}[launcher]  # fmt: skip
+    for rc, log in start(out, reference["env"]):
+        assert rc == 0, log[-5000:]
+    _check_one_copy(out)
+    assert _files(out) == _files(reference["out"])
+    assert _losses(out) == _losses(reference["out"])
+    _assert_same_weights(_weights(out / "model_final.pth"),
+                         _weights(reference["out"] / "model_final.pth"))  # fmt: skip
+
+
+def _children(pid):
+    kids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.split("/")[2]))
+    return kids
+
+
+def _rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return int(env.get(b"RANK", b"-1"))
+
+
+@pytest.mark.slow  # about 50 s on 2 busy cores (3 runs of 2 workers, one of them restarted)
+def test_torchrun_restart_resumes_from_the_last_checkpoint(reference):
+    out = reference["base"] / "restart"
+    cmd = [*_torchrun(), "--nproc-per-node", "2", "--max-restarts", "1", TRAIN_NET,
+           "--config-file", QUICKSTART, "--resume", "OUTPUT_DIR", str(out), *SCHEDULE]  # fmt: skip
+    agent = subprocess.Popen(cmd, cwd=ROOT, env=reference["env"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        tag, deadline = out / "last_checkpoint", time.time() + 300
+        while time.time() < deadline and not tag.exists():
+            time.sleep(0.05)
+        assert tag.exists(), "no checkpoint before the deadline"
+        worker = [p for p in _children(agent.pid) if _rank_of(p) == 1]
+        assert len(worker) == 1, worker
+        os.kill(worker[0], signal.SIGKILL)
+        log = agent.communicate(timeout=600)[0]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, log[-5000:]
+    resumed_from = start_iteration(log) - 1
+    assert 0 < resumed_from < MAX_ITER - 1 and resumed_from % 2 == 1, log[-5000:]
+    assert [r["iteration"] for r in _losses(out)][-1] == MAX_ITER - 1
+    # Up to the checkpoint it resumed from, the job trained as the uninterrupted run.
+    ckpt = f"model_{resumed_from:07d}.pth"
+    _assert_same_weights(_weights(out / ckpt), _weights(reference["out"] / ckpt))
+    # From there it trained as `--resume` from that checkpoint under launch. (Not as the
+    # uninterrupted run: a resumed job's data loader starts its sample stream and its
+    # augmentation RNG afresh, in Detectron2 as here.)
+    again = reference["base"] / "resume_launch"
+    again.mkdir()
+    shutil.copy(reference["out"] / ckpt, again / ckpt)
+    (again / "last_checkpoint").write_text(ckpt)
+    run_train_net(["--config-file", QUICKSTART, "--num-gpus", "2", "--resume", "OUTPUT_DIR",
+                   str(again), *SCHEDULE], reference["env"])  # fmt: skip
+    _assert_same_weights(_weights(out / "model_final.pth"), _weights(again / "model_final.pth"))
+    assert _losses(out)[-(MAX_ITER - 1 - resumed_from) :] == _losses(again)
+
+
+def test_eval_only_with_two_workers_gives_the_ap_of_one(reference):
+    # The trained weights with a box branch that predicts a square of 2 strides around
+    # every location: 12 iterations leave AP at 0, these squares hit some objects.
+    model = _weights(reference["out"] / "model_final.pth")
+    model["head.bbox_pred.weight"].zero_()
+    model["head.bbox_pred.bias"].fill_(1.0)
+    for name, value in model.items():
+        if name.startswith("head.scales."):
+            value.fill_(1.0)
+    weights = reference["base"] / "squares.pth"
+    torch.save({"model": model}, weights)
+    opts = ["--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", str(weights),
+            "MODEL.FCOS.SCORE_THRESH_TEST", "0.0", *TINY_OPTS]  # fmt: skip
+    one, two = reference["base"] / "eval1", reference["base"] / "eval2"
+    log1 = run_train_net([*opts, "OUTPUT_DIR", str(one)], reference["env"]).stdout
+    [(rc, log2)] = _run_all([[*_torchrun(), "--nproc-per-node", "2", TRAIN_NET, *opts,
+                              "OUTPUT_DIR", str(two)]], [reference["env"]])  # fmt: skip
+    assert rc == 0, log2[-5000:]
+    # The 8 val images were split between the workers; rank 0 gathered the detections.
+    assert "Start inference on 8 batches" in log1 and "Start inference on 4 batches" in log2
+    ap1, ap2 = copypaste_ap(log1), copypaste_ap(log2)
+    assert ap1 == ap2 and ap1["AP50"] > 0, (ap1, ap2)
+
+    def detections(folder):
+        with open(folder / "inference" / "coco_instances_results.json") as f:
+            return sorted(json.dumps(d, sort_keys=True) for d in json.load(f))
+
+    assert detections(one) == detections(two) and len(detections(one)) > 8
