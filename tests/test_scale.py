@@ -422,3 +422,60 @@ def test_dataset_checks_name_a_box_that_is_not_four_numbers():
                                "category_id": 0}]}  # fmt: skip
     with pytest.raises(InputError, match=r"image id 3\): annotation 0 has no valid 'bbox'"):
         sanitize_dataset_dicts([record], num_classes=1)
+
+
+# --------------------------------------------------------------------- COCO evaluation
+def test_coco_evaluator_fast_backend_gives_pycocotools_results(tmp_path):
+    """The COCOeval that Trainer.build_evaluator uses (compat) against pycocotools."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    from fcos_d2 import compat
+
+    rng = np.random.default_rng(0)
+    images, annos, outputs = [], [], []
+    for i in range(40):
+        images.append({"id": i + 1, "width": 320, "height": 240, "file_name": f"{i}.jpg"})
+        n = int(rng.integers(0, 8))
+        xy = rng.uniform(0, 200, (n, 2))
+        wh = np.exp(rng.uniform(np.log(4), np.log(110), (n, 2)))
+        cats = rng.integers(1, 6, n)
+        for k in range(n):
+            annos.append({"id": len(annos) + 1, "image_id": i + 1, "category_id": int(cats[k]),
+                          "bbox": [*xy[k], *wh[k]], "area": float(wh[k].prod()),
+                          "iscrowd": int(rng.random() < 0.05)})  # fmt: skip
+        # Detections: jittered objects (some with another class) and random boxes.
+        near = np.concatenate([xy, xy + wh], 1) + rng.normal(0, 4, (n, 4))
+        far = rng.uniform(0, 200, (30, 2)).repeat(2, 1) + [0, 0, 40, 30]
+        boxes = np.concatenate([near, far])
+        classes = np.concatenate([np.where(rng.random(n) < 0.1, 0, cats - 1),
+                                  rng.integers(0, 5, 30)])  # fmt: skip
+        inst = Instances((240, 320), pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                         scores=torch.tensor(np.concatenate([rng.uniform(0.4, 1, n),
+                                                             rng.uniform(0, 0.6, 30)])),
+                         pred_classes=torch.tensor(classes))  # fmt: skip
+        outputs.append(({"image_id": i + 1}, {"instances": inst}))
+    cats = [{"id": c, "name": f"c{c}"} for c in range(1, 6)]
+    with open(tmp_path / "gt.json", "w") as f:
+        json.dump({"images": images, "annotations": annos, "categories": cats}, f)
+    name = "fcos_d2_test_fast_cocoeval"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    try:
+        DatasetCatalog.get(name)  # sets the class names and id mapping of the metadata
+        assert compat.use_fast_cocoeval(), "no fast COCOeval: tools/setup_env.sh installs one"
+        results = {}
+        for fast in (False, True):
+            evaluator = COCOEvaluator(name, output_dir=None, use_fast_impl=fast)
+            evaluator.reset()
+            for inp, out in outputs:
+                evaluator.process([inp], [out])
+            results[fast] = evaluator.evaluate()["bbox"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results[False].keys() == results[True].keys() and len(results[False]) == 6 + 5
+    assert 5 < results[False]["AP"] < 95  # neither trivial nor perfect
+    for key, value in results[False].items():
+        assert abs(results[True][key] - value) < 1e-4 * 100, key  # AP in percent
