@@ -263,6 +263,46 @@ def test_launcher_trains_as_launch_with_two_workers(reference, launcher):
                          _weights(reference["out"] / "model_final.pth"))  # fmt: skip
 
 
+PROBE = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+import torch.distributed as dist
+from detectron2.utils import comm
+from fcos_d2.engine import launch
+
+def probe(out):
+    local = [None] * comm.get_local_size()
+    dist.all_gather_object(local, comm.get_rank(), group=comm._LOCAL_PROCESS_GROUP)
+    info = dict(rank=comm.get_rank(), world=comm.get_world_size(), local_rank=comm.get_local_rank(),
+                local_size=comm.get_local_size(), all=comm.all_gather(comm.get_rank()),
+                local=local, main=comm.is_main_process())
+    with open(os.path.join(out, "rank%d.json" % comm.get_rank()), "w") as f:
+        json.dump(info, f)
+
+launch(probe, 1, args=(sys.argv[1],))
+"""
+
+
+def test_comm_helpers_in_a_slurm_job_of_two_machines(tmp_path):
+    # 4 SLURM tasks, 2 per machine (block distribution): Detectron2's comm and its
+    # per-machine process group see ranks {0, 1} and {2, 3} as machines.
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE.format(root=ROOT))
+    env = tiny_env(tmp_path / "cache")
+    envs = [dict(env, SLURM_PROCID=str(r), SLURM_NTASKS="4", SLURM_LOCALID=str(r % 2),
+                 SLURM_TASKS_PER_NODE="2(x2)", MASTER_ADDR="127.0.0.1",
+                 MASTER_PORT=str(_free_port())) for r in range(4)]  # fmt: skip
+    for e in envs:
+        e["MASTER_PORT"] = envs[0]["MASTER_PORT"]
+    for rc, log in _run_all([[sys.executable, str(script), str(tmp_path)]] * 4, envs):
+        assert rc == 0, log[-3000:]
+    for r in range(4):
+        info = json.loads((tmp_path / f"rank{r}.json").read_text())
+        machine = [0, 1] if r < 2 else [2, 3]
+        assert info == {"rank": r, "world": 4, "local_rank": r % 2, "local_size": 2,
+                        "all": [0, 1, 2, 3], "local": machine, "main": r == 0}  # fmt: skip
+
+
 def _children(pid):
     kids = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
