@@ -359,6 +359,10 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(reference):
                    str(again), *SCHEDULE], reference["env"])  # fmt: skip
     _assert_same_weights(_weights(out / "model_final.pth"), _weights(again / "model_final.pth"))
     assert _losses(out)[-(MAX_ITER - 1 - resumed_from) :] == _losses(again)
+    # ... and so it ends elsewhere than the uninterrupted run (README, Training at scale).
+    final = _weights(out / "model_final.pth")
+    uninterrupted = _weights(reference["out"] / "model_final.pth")
+    assert not all(torch.equal(final[k], uninterrupted[k]) for k in final)
 
 
 def test_eval_only_with_two_workers_gives_the_ap_of_one(reference):
