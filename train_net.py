@@ -7,7 +7,11 @@ Train and evaluate FCOS with Detectron2's DefaultTrainer.
     python train_net.py --config-file configs/quickstart.yaml            # CPU, built-in data
 
 On a machine without a GPU, the model runs on the CPU and ``--num-gpus N`` starts N CPU
-worker processes (GLOO).
+worker processes (GLOO). Started by torchrun or SLURM's srun, each process is one worker of
+the group they describe (README, "Training at scale"):
+
+    torchrun --nproc-per-node 8 train_net.py --config-file configs/FCOS_R50_1x.yaml
+    srun python train_net.py --config-file configs/FCOS_R50_1x.yaml --resume
 """
 
 import os

@@ -1,4 +1,7 @@
-"""FCOS config keys. Every key lives under ``cfg.MODEL.FCOS`` and is documented here."""
+"""
+FCOS config keys. Every FCOS key lives under ``cfg.MODEL.FCOS`` and is documented here,
+as is the one engine key that Detectron2's yacs config lacks (``SOLVER.LOG_PERIOD``).
+"""
 
 from typing import Any, Sequence
 
@@ -145,3 +148,10 @@ def add_fcos_config(cfg: CN) -> None:
     # Run backbone + head through torch.compile (the first call of each input shape
     # compiles, which takes minutes on a CPU). Off by default.
     _C.COMPILE = False
+
+    # ---------------------------------------------------------------- engine
+    # Iterations between writes of metrics.json, the event file and the console log
+    # (Detectron2's DefaultTrainer writes every 20; its LazyConfig calls this
+    # train.log_period). 1 records every iteration's losses.
+    if "LOG_PERIOD" not in cfg.SOLVER:
+        cfg.SOLVER.LOG_PERIOD = 20

@@ -26,9 +26,18 @@ TINY_OPTS = [
 ]  # fmt: skip
 
 
+# A launcher's variables would make train_net.py join that launcher's process group.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                 "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
 def tiny_env(cache_dir: str, train_images: int = 16, val_images: int = 8) -> Dict[str, str]:
-    """Environment for a subprocess using small built-in datasets cached in cache_dir."""
-    env = dict(os.environ)
+    """
+    Environment for a subprocess using small built-in datasets cached in cache_dir, without
+    the variables of a launcher (torchrun, SLURM) that may have started the tests.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}  # fmt: skip
     env.update(
         FCOS_D2_CACHE=str(cache_dir),
         FCOS_D2_SYNTH_TRAIN_IMAGES=str(train_images),

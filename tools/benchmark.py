@@ -21,7 +21,13 @@ Sections:
   4. assignment + loss time and peak memory for 10..5000 boxes per image at 800x1333;
   5. COCO evaluation time on the built-in val set: pycocotools vs the fastest backend;
   6. AP of bf16 inference against fp32 on the built-in val set (needs a trained model,
-     by default the quickstart's output/quickstart/model_final.pth).
+     by default the quickstart's output/quickstart/model_final.pth);
+  7. COCO evaluation at COCO size (generated: 5000 images, 80 classes, ~36k boxes, 100
+     detections per image): pycocotools against the fast backend, same 12 metrics;
+  8. the training loader's images/s on 640x480 JPEGs resized to 800/1333 with
+     DATALOADER.NUM_WORKERS 0 and 2, beside FCOS R-50's training step on its batches;
+  9. the dataset checks' share of training start-up at COCO-train size (118k images).
+     (--scale runs only 7-9.)
 Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
 """
 import argparse
@@ -486,17 +492,371 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
     return row
 
 
+# ------------------------------------------------------------------ at scale (7-9)
+def coco_size_ground_truth(num_images: int = 5000, num_classes: int = 80, seed: int = 0) -> dict:
+    """
+    A COCO-format validation set shaped like COCO val2017 (annotations only, no pixels):
+    640x480 / 480x640 / 500x375 images, a geometric number of boxes per image (mean
+    ~7.3, ~36k boxes for 5000 images, some images empty), box sides log-uniform in
+    [4, 500] px (about 43% small, 23% medium, 34% large), aspect ratios in [1/3, 3],
+    1% crowd boxes.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = [(640, 480), (480, 640), (500, 375)]
+    images, annos = [], []
+    for i in range(num_images):
+        w, h = sizes[int(rng.integers(len(sizes)))]
+        images.append({"id": i + 1, "width": w, "height": h, "file_name": f"{i + 1:012d}.jpg"})
+        n = int(rng.geometric(1 / 8.3)) - 1
+        side = np.exp(rng.uniform(np.log(4), np.log(500), n))
+        aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3), n))
+        bw = np.minimum(side * np.sqrt(aspect), w - 1)
+        bh = np.minimum(side / np.sqrt(aspect), h - 1)
+        x = rng.uniform(0, w - bw)
+        y = rng.uniform(0, h - bh)
+        cats = rng.integers(1, num_classes + 1, n)
+        crowd = rng.random(n) < 0.01
+        for k in range(n):
+            box = [float(x[k]), float(y[k]), float(bw[k]), float(bh[k])]
+            annos.append({"id": len(annos) + 1, "image_id": i + 1, "category_id": int(cats[k]),
+                          "bbox": box, "area": box[2] * box[3],
+                          "iscrowd": int(crowd[k])})  # fmt: skip
+    cats = [{"id": c, "name": f"class{c}"} for c in range(1, num_classes + 1)]
+    return {"images": images, "annotations": annos, "categories": cats}
+
+
+def coco_size_detections(gt: dict, per_image: int = 100, seed: int = 0) -> List[dict]:
+    """
+    Detections of a fair detector, ``per_image`` per image as Detectron2's
+    TEST.DETECTIONS_PER_IMAGE: 1-2 jittered copies of 80% of the objects (a tenth with
+    another class), the rest random boxes; scores higher for better boxes.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    num_classes = len(gt["categories"])
+    by_image: Dict[int, List[dict]] = {}
+    for ann in gt["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    dets = []
+    for img in gt["images"]:
+        w, h = img["width"], img["height"]
+        out = []
+        for ann in by_image.get(img["id"], []):
+            if rng.random() > 0.8:
+                continue
+            x, y, bw, bh = ann["bbox"]
+            for _ in range(int(rng.integers(1, 3))):
+                noise = rng.normal(0, 0.15, 4)
+                box = [x + noise[0] * bw, y + noise[1] * bh, bw * np.exp(noise[2]),
+                       bh * np.exp(noise[3])]  # fmt: skip
+                cat = ann["category_id"] if rng.random() > 0.1 else int(rng.integers(1, 81))
+                score = float(np.clip(1 - np.abs(noise).mean() * 3 + rng.normal(0, 0.1), 0.05, 1))
+                out.append((cat, box, score))
+        while len(out) < per_image:
+            bw, bh = np.minimum(np.exp(rng.uniform(np.log(4), np.log(400), 2)), [w - 1, h - 1])
+            box = [float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh)), bw, bh]
+            out.append((int(rng.integers(1, num_classes + 1)), box, float(rng.uniform(0.05, 0.5))))
+        out.sort(key=lambda d: -d[2])
+        for cat, box, score in out[:per_image]:
+            dets.append({"image_id": img["id"], "category_id": cat,
+                         "bbox": [float(v) for v in box], "score": score})  # fmt: skip
+    return dets
+
+
+def _per_category_ap(ev) -> List[float]:
+    """AP per category from COCOeval's precision array, as Detectron2's COCOEvaluator does."""
+    import numpy as np
+
+    precision = ev.eval["precision"]  # (iou, recall, class, area, max dets)
+    aps = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        aps.append(float(np.mean(p)) * 100 if p.size else float("nan"))
+    return aps
+
+
+def coco_size_eval_section(num_images: int = 5000) -> Dict[str, object]:
+    """
+    COCOEvaluator's evaluation (loadRes, evaluate, accumulate, summarize: Detectron2's
+    _evaluate_predictions_on_coco) of a COCO-size validation set with pycocotools and with
+    the fast backend compat.fast_cocoeval_class() finds, in one process; their 12 COCO
+    metrics and per-category APs compared.
+    """
+    import tempfile
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_dict = coco_size_ground_truth(num_images)
+    dets = coco_size_detections(gt_dict)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "val.json")
+        with open(path, "w") as f:
+            json.dump(gt_dict, f)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            gt = COCO(path)
+    out: Dict[str, object] = {
+        "images": num_images, "classes": len(gt_dict["categories"]),
+        "boxes": len(gt_dict["annotations"]), "detections": len(dets),
+    }  # fmt: skip
+    print(f"  {num_images} images, {out['boxes']} boxes, {out['detections']} detections")
+    backends = {"pycocotools": COCOeval}
+    fast = compat.fast_cocoeval_class()
+    if fast is not None:
+        backends[fast.__module__.split(".")[0] + "." + fast.__name__] = fast
+    evals = {}
+    for name, cls in backends.items():
+        row = {}
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            t0 = time.perf_counter()
+            dt = gt.loadRes(copy.deepcopy(dets))
+            t1 = time.perf_counter()
+            ev = cls(gt, dt, "bbox")
+            ev.evaluate()
+            t2 = time.perf_counter()
+            ev.accumulate()
+            t3 = time.perf_counter()
+            ev.summarize()
+            t4 = time.perf_counter()
+        row = {"load_res_s": t1 - t0, "evaluate_s": t2 - t1, "accumulate_s": t3 - t2,
+               "summarize_s": t4 - t3, "evaluate_accumulate_s": t3 - t1,
+               "stats": [float(v) for v in ev.stats]}  # fmt: skip
+        evals[name] = ev
+        out[name] = row
+        print(f"  {name}: evaluate {row['evaluate_s']:.2f} s + accumulate "
+              f"{row['accumulate_s']:.2f} s = {row['evaluate_accumulate_s']:.2f} s; "
+              f"AP {100 * ev.stats[0]:.2f}")  # fmt: skip
+    if len(evals) == 2:
+        (ref, slow), (fast_name, quick) = list(evals.items())
+        out["fast_backend"] = fast_name
+        out["max_abs_stat_diff"] = float(np.max(np.abs(np.array(slow.stats) - quick.stats)))
+        out["max_abs_per_category_ap_diff"] = float(np.nanmax(np.abs(
+            np.array(_per_category_ap(slow)) - np.array(_per_category_ap(quick)))))  # fmt: skip
+        out["speedup"] = out[ref]["evaluate_accumulate_s"] / out[fast_name]["evaluate_accumulate_s"]
+        print(f"  {fast_name} / pycocotools: {out['speedup']:.1f}x faster; 12 metrics differ by "
+              f"at most {out['max_abs_stat_diff']:.1e}, per-category AP by "
+              f"{out['max_abs_per_category_ap_diff']:.1e} (AP points)")  # fmt: skip
+    return out
+
+
+def _write_random_jpegs(folder: str, n: int, seed: int = 0) -> List[str]:
+    """``n`` 640x480 photo-sized JPEGs (smooth random colours plus grain, quality 90)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        low = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        img = cv2.resize(low, (640, 480), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+        img += rng.normal(0, 12, img.shape).astype(np.int16)
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        cv2.imwrite(path, np.clip(img, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def loader_section(repeats: int, num_images: int = 64, batch: int = 2) -> Dict[str, object]:
+    """
+    Images/s of the training loader (Trainer.build_train_loader: checks, Detectron2's
+    DatasetMapper, ResizeShortestEdge to 800 / 1333, flip, batching) on 640x480 JPEGs with
+    DATALOADER.NUM_WORKERS 0 and 2, beside the training step of FCOS R-50 (fp32, random
+    weights, SGD) on the batches it delivers.
+    """
+    import tempfile
+
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.modeling import build_model
+    from detectron2.structures import BoxMode
+
+    import fcos_d2
+    from fcos_d2.engine import Trainer
+
+    out: Dict[str, object] = {"batch": batch, "threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        paths = _write_random_jpegs(tmp, num_images)
+        out["jpeg_write_s"] = time.perf_counter() - t0
+        out["mean_jpeg_kb"] = statistics.mean(os.path.getsize(p) for p in paths) / 1024
+        gt = coco_size_ground_truth(num_images, seed=1)
+        dicts = []
+        for img, path in zip(gt["images"], paths):
+            annos = [{"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "iscrowd": 0,
+                      "category_id": a["category_id"] - 1}
+                     for a in gt["annotations"] if a["image_id"] == img["id"]]  # fmt: skip
+            dicts.append({"file_name": path, "image_id": img["id"], "width": 640,
+                          "height": 480, "annotations": annos})  # fmt: skip
+        name = "fcos_d2_benchmark_jpegs"
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda: dicts)
+        MetadataCatalog.get(name).set(thing_classes=[f"class{c}" for c in range(80)])
+        cfg = get_cfg()
+        fcos_d2.add_fcos_config(cfg)
+        cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH",
+                             str(batch), "DATASETS.TRAIN", f"('{name}',)"])  # fmt: skip
+        batches = 4 if repeats <= 3 else 12
+        sample = None
+        for workers in (0, 2):
+            cfg.DATALOADER.NUM_WORKERS = workers
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                it = iter(Trainer.build_train_loader(cfg))
+            sample = next(it)  # starts the workers
+            next(it)
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            seconds = time.perf_counter() - start
+            out[f"loader_workers{workers}_images_per_s"] = batches * batch / seconds
+            del it
+            print(f"  loader, NUM_WORKERS {workers}: "
+                  f"{out[f'loader_workers{workers}_images_per_s']:.1f} images/s")  # fmt: skip
+        out["input_size"] = list(sample[0]["image"].shape[-2:])
+        model = build_model(cfg).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+
+        def step():
+            losses = model(sample)
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+
+        step_s = timeit(step, max(2, repeats // 3), warmup=1)
+        out["train_step_s"] = step_s
+        out["train_images_per_s"] = batch / step_s
+        out["loading_share_workers0"] = (batch / out["loader_workers0_images_per_s"]) / step_s
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    print(f"  training step, batch {batch} at {out['input_size']}: {step_s:.2f} s "
+          f"({out['train_images_per_s']:.2f} images/s); loading in the main process would "
+          f"take {100 * out['loading_share_workers0']:.1f}% of it")  # fmt: skip
+    return out
+
+
+def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
+    """
+    Start-up of training on a COCO-train-size dataset (num_images, ~860k boxes for 118k):
+    the construction of the Trainer (FCOS R-50 model, optimizer, and the train loader:
+    Detectron2's load_coco_json, the dataset checks of fcos_d2/data/checks.py including the
+    existence of every image file, the loader itself; hooks), with loading and checks
+    timed inside it.
+    """
+    import tempfile
+
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    import fcos_d2
+    import fcos_d2.engine.trainer as trainer_module
+    from fcos_d2.engine import Trainer
+
+    gt = coco_size_ground_truth(num_images, seed=2)
+    out: Dict[str, object] = {"images": num_images, "boxes": len(gt["annotations"])}
+    timed: Dict[str, float] = {}
+
+    def timing(name, fn):
+        def wrapped(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                timed[name] = timed.get(name, 0.0) + time.perf_counter() - start
+
+        return wrapped
+
+    name = "fcos_d2_benchmark_coco_size"
+    saved = (trainer_module.sanitize_dataset_dicts, trainer_module.get_detection_dataset_dicts,
+             Trainer.__dict__["build_train_loader"])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        images = os.path.join(tmp, "images")
+        os.mkdir(images)
+        for img in gt["images"]:
+            open(os.path.join(images, img["file_name"]), "wb").close()
+        json_file = os.path.join(tmp, "train.json")
+        with open(json_file, "w") as f:
+            json.dump(gt, f)
+        out["json_mb"] = os.path.getsize(json_file) / 2**20
+        del gt
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, json_file, images)
+        cfg = get_cfg()
+        fcos_d2.add_fcos_config(cfg)
+        cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TRAIN",
+                             f"('{name}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS",
+                             "0", "OUTPUT_DIR", os.path.join(tmp, "out")])  # fmt: skip
+        trainer_module.sanitize_dataset_dicts = timing("checks_s", saved[0])
+        trainer_module.get_detection_dataset_dicts = timing("load_dataset_dicts_s", saved[1])
+        Trainer.build_train_loader = classmethod(timing("build_train_loader_s", saved[2].__func__))
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                start = time.perf_counter()
+                Trainer(cfg)
+                total = time.perf_counter() - start
+        finally:
+            (trainer_module.sanitize_dataset_dicts, trainer_module.get_detection_dataset_dicts,
+             Trainer.build_train_loader) = saved  # fmt: skip
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    out.update(timed)
+    out["trainer_init_s"] = total
+    out["checks_share"] = timed["checks_s"] / total
+    print(f"  {num_images} images, {out['boxes']} boxes: Trainer(cfg) {total:.1f} s, of which "
+          f"loading the json into dataset dicts {timed['load_dataset_dicts_s']:.1f} s, checks "
+          f"{timed['checks_s']:.1f} s ({100 * out['checks_share']:.0f}%), the whole train "
+          f"loader {timed['build_train_loader_s']:.1f} s")  # fmt: skip
+    return out
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", action="store_true", help="run only sections 7-9 (at scale)")
+    p.add_argument("--coco-size-images", type=int, default=5000,
+                   help="images of the generated validation set of section 7")  # fmt: skip
+    p.add_argument("--checks-images", type=int, default=118_000,
+                   help="images of the generated training set of section 9")  # fmt: skip
+
+
+def scale_sections(args: argparse.Namespace, repeats: int) -> Dict[str, object]:
+    """Sections 7-9; ``--skip cocosize loader checks`` leaves them out."""
+    results: Dict[str, object] = {}
+    if "cocosize" not in args.skip:
+        print(f"7. COCO evaluation at COCO size ({args.coco_size_images} images, 80 classes)")
+        results["coco_size_eval"] = coco_size_eval_section(args.coco_size_images)
+    if "loader" not in args.skip:
+        print("8. training loader on 640x480 JPEGs resized to 800/1333, and the training step")
+        results["train_loader"] = loader_section(repeats)
+    if "checks" not in args.skip:
+        print(f"9. dataset checks in the start-up of training ({args.checks_images} images)")
+        results["dataset_checks"] = dataset_checks_section(args.checks_images)
+    return results
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repeats and box counts")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference export "
-                   "train share assign coco ap")  # fmt: skip
+                   "train share assign coco ap cocosize loader checks")  # fmt: skip
     p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
                    help="trained model for the bf16-vs-fp32 AP check (section 6)")
     p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
+    add_scale_arguments(p)
     args = p.parse_args(argv)
+    if args.scale:
+        args.skip += ["inference", "train", "share", "assign", "coco", "ap"]
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {args.threads} threads, detectron2 {compat.D2_VERSION}")
@@ -555,6 +915,7 @@ def main(argv=None) -> dict:
             results["precision_ap"] = precision_ap_section(args.weights_config, args.weights)
         else:
             print(f"  skipped: no trained model at {args.weights} (run `make demo` first)")
+    results.update(scale_sections(args, repeats))
     results["ratios"] = ratios
     print("ratios (fcos-d2 / torchvision speed):", json.dumps(ratios, indent=1))
     if args.json:

@@ -1,11 +1,17 @@
 """
-``launch`` that also runs several worker processes on a machine without a GPU.
+``launch`` that also runs several worker processes on a machine without a GPU, and joins
+a process group that torchrun or SLURM's srun already started.
 
-With GPUs (or a single process) it is Detectron2's ``launch``. Without a GPU, each of the
-``num_gpus_per_machine`` workers joins a GLOO process group. CPU workers leave with
-``os._exit`` once their work is done and flushed: torch 2.14's Gloo thread can abort the
-interpreter's normal shutdown (SIGABRT, ~1 run in 10), which would turn a finished run
-into a failed one.
+- In a process that torchrun or srun started as one of several workers (see
+  :mod:`fcos_d2.engine.dist_env`), ``launch`` joins that group (NCCL on GPUs, GLOO on
+  CPUs), creates Detectron2's per-machine group and runs ``main_func`` in this process.
+- Otherwise, with GPUs (or a single process) it is Detectron2's ``launch``; without a GPU,
+  each of the ``num_gpus_per_machine`` spawned workers joins a GLOO process group.
+
+CPU workers leave with ``os._exit`` once their work is done and flushed: torch 2.14's
+Gloo thread can abort the interpreter's normal shutdown (SIGABRT, ~1 run in 10), which
+would turn a finished run into a failed one. A worker that torchrun or srun started on the
+CPU therefore ends inside ``launch``: code after it does not run.
 """
 
 import logging
@@ -14,7 +20,7 @@ import socket
 import sys
 import traceback
 from datetime import timedelta
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -23,6 +29,8 @@ from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
 from .. import compat
+from ..errors import InputError
+from .dist_env import ProcessGroupEnv, check_launch_args, detect_process_group_env
 
 __all__ = ["launch"]
 
@@ -49,7 +57,17 @@ def launch(
     Run ``main_func(*args)`` in ``num_gpus_per_machine`` processes on each of
     ``num_machines`` machines (Detectron2's signature). On a CPU-only machine,
     ``num_gpus_per_machine`` is the number of CPU worker processes.
+
+    In a worker that torchrun or srun started (one of several), the environment decides:
+    this process is one worker, ``main_func`` runs here, ``dist_url`` is not used, and
+    ``num_gpus_per_machine``/``num_machines``/``machine_rank`` must be their defaults or
+    agree with the environment (else InputError).
     """
+    pg = detect_process_group_env()
+    if pg is not None and pg.world_size > 1:
+        check_launch_args(pg, num_gpus_per_machine, num_machines, machine_rank)
+        _join_and_run(pg, main_func, args, timeout)
+        return
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1 or torch.cuda.is_available():
         d2_launch(
@@ -71,6 +89,23 @@ def launch(
     )
 
 
+def _run_and_exit(join: Callable[[], None], main_func: Callable[..., Any], args: Tuple) -> None:
+    """Join the group, run ``main_func``, and leave the process with os._exit (CPU workers)."""
+    code = 0
+    try:
+        join()
+        main_func(*args)
+        comm.synchronize()
+    except BaseException:  # report and exit non-zero; see the module docstring
+        traceback.print_exc()
+        code = 1
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _cpu_worker(
     local_rank: int,
     main_func: Callable[..., Any],
@@ -82,21 +117,69 @@ def _cpu_worker(
     timeout: timedelta,
 ) -> None:
     global_rank = machine_rank * num_workers_per_machine + local_rank
-    code = 0
-    try:
+
+    def join() -> None:
         dist.init_process_group(
             backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
             timeout=timeout,
         )  # fmt: skip
         compat.create_local_process_group(num_workers_per_machine)
         comm.synchronize()
+
+    _run_and_exit(join, main_func, args)
+
+
+def _agent_store(pg: ProcessGroupEnv, timeout: timedelta) -> Optional[dist.Store]:
+    """
+    torchrun's store, with keys of their own for each restart of the workers; None where
+    torchrun's agent serves no store (then ``pg.init_method`` makes one).
+
+    torchrun's agent keeps its store (and the keys the workers wrote in it) across
+    restarts, and torch's "env://" no longer separates restarts: restarted workers read
+    the addresses of the dead ones and fail to connect (measured on torch 2.14).
+    TORCHELASTIC_RESTART_COUNT names the restart, as torch's own prefix once did.
+    """
+    if pg.source != "torchrun" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(
+        pg.master_addr, pg.master_port, pg.world_size, is_master=False, timeout=timeout
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"fcos_d2/attempt_{attempt}/", store)
+
+
+def _join_and_run(
+    pg: ProcessGroupEnv, main_func: Callable[..., Any], args: Tuple, timeout: timedelta
+) -> None:
+    """Join the group ``pg`` describes in this process and run ``main_func`` here."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        count = torch.cuda.device_count()
+        if count > pg.local_rank:
+            torch.cuda.set_device(pg.local_rank)
+        elif count == 1:  # one GPU per task (e.g. srun --gpus-per-task 1)
+            torch.cuda.set_device(0)
+        else:
+            raise InputError(
+                f"{pg.source}: local rank {pg.local_rank} but only {count} GPU(s) are visible"
+            )
+    backend = "nccl" if cuda else "gloo"
+    logger.warning("Joining the process group: %s (%s backend)", pg.describe(), backend.upper())
+
+    def join() -> None:
+        store = _agent_store(pg, timeout)
+        dist.init_process_group(
+            backend=backend, init_method=None if store else pg.init_method, store=store,
+            world_size=pg.world_size, rank=pg.rank, timeout=timeout,
+        )  # fmt: skip
+        compat.create_local_process_group(pg.local_world_size)
+        comm.synchronize()
+
+    if not cuda:
+        _run_and_exit(join, main_func, args)
+    join()
+    try:
         main_func(*args)
         comm.synchronize()
-    except BaseException:  # report and exit non-zero; see the module docstring
-        traceback.print_exc()
-        code = 1
     finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        dist.destroy_process_group()

@@ -23,6 +23,7 @@ from detectron2.engine import (
     default_argument_parser,
     default_setup,
 )
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -136,13 +137,15 @@ def check_num_classes(cfg: CfgNode, dataset_names: List[str]) -> None:
 
 def _create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs):
     # Detectron2's create_ddp_model passes device_ids=[local_rank], which DDP rejects for
-    # a CPU module; on the CPU leave device_ids unset.
+    # a CPU module; on the CPU leave device_ids unset. On a GPU use the model's device
+    # (launch set it; with one visible GPU per task it is cuda:0 whatever the local rank).
     if comm.get_world_size() == 1:
         return model
-    if next(model.parameters()).device.type == "cpu":
+    device = next(model.parameters()).device
+    if device.type == "cpu":
         kwargs.pop("device_ids", None)
     else:
-        kwargs.setdefault("device_ids", [comm.get_local_rank()])
+        kwargs["device_ids"] = [device.index if device.index is not None else 0]
     ddp = DistributedDataParallel(model, **kwargs)
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
@@ -173,7 +176,8 @@ def _cpu_engine(cpu: bool) -> Iterator[None]:
 class Trainer(DefaultTrainer):
     """
     DefaultTrainer with: COCOEvaluator (a fast COCOeval where one exists, see
-    compat.fast_cocoeval_class, else pycocotools),
+    compat.fast_cocoeval_class, else pycocotools), metrics written every
+    SOLVER.LOG_PERIOD iterations,
     atomic checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
     non-finite-loss error that names the FCOS loss that went bad.
     """
@@ -191,7 +195,11 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FCOSCheckpointer(
             model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        for hook in hooks:  # only rank 0 has one
+            if isinstance(hook, d2_hooks.PeriodicWriter):
+                hook._period = self.cfg.SOLVER.LOG_PERIOD
+        return hooks
 
     def run_step(self):
         try:
