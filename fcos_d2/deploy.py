@@ -240,6 +240,13 @@ class ExportedPredictor:
         resized = resize_shortest_edge(
             image, self.meta["min_size_test"], self.meta["max_size_test"]
         )
+        if min(resized.shape[:2]) < self.meta.get("min_side", 0):
+            raise ValueError(
+                f"image of {image.shape[0]}x{image.shape[1]} resizes to "
+                f"{resized.shape[0]}x{resized.shape[1]}, but the exported model needs sides of "
+                f"at least {self.meta['min_side']} px (an aspect ratio of at most "
+                f"{self.meta['max_size_test'] / self.meta['min_side']:.1f} here)"
+            )
         return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
 
     def run_resized(

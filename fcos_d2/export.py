@@ -170,6 +170,7 @@ def deploy_metadata(cfg: CfgNode, model: FCOS, network_only: bool) -> Dict[str, 
     return {
         "format_version": 1,
         "network_only": network_only,
+        "min_side": MIN_SIDE,
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),

@@ -294,3 +294,42 @@ def test_export_tool_refuses_bad_requests(tmp_path):
     with pytest.raises(InputError, match="config file not found"):
         export_tool.main(["--config-file", "missing.yaml", "--format", "onnx", "--output", "x"])
     assert not any(p.suffix in (".onnx", ".pt2") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_exported_torchvision_twin_matches_eager(tmp_path):
+    # Converted torchvision weights (configs/compat/FCOS_R50_torchvision.yaml: torchvision's
+    # location spacing, sqrt scores, 0.2 threshold): ONNX in both runtimes and .pt2 against
+    # eager at four sizes, one of extreme aspect ratio.
+    from fcos_d2.export import export_model
+    from fcos_d2.reference import fcos_d2_twin, seeded_torchvision_fcos
+
+    tv = seeded_torchvision_fcos(seed=0, num_classes=91)
+    model, cfg = fcos_d2_twin(tv)
+    model.eval()
+    onnx_path = export_model(model, cfg, str(tmp_path), "onnx", sample_size=(320, 480))
+    pt2 = torch.export.load(export_model(model, cfg, str(tmp_path), "torch_export",
+                                         sample_size=(320, 480))).module()  # fmt: skip
+    predictors = {name: ExportedPredictor(onnx_path, name) for name in ("onnxruntime", "openvino")}
+    g = torch.Generator().manual_seed(11)
+    counts = []
+    for h, w in [(480, 640), (200, 1000), (517, 389), (800, 1333)]:
+        image = torch.rand(3, h, w, generator=g) * 255
+        want = eager(model, image, (h, w))
+        counts.append(len(want[1]))
+        for predictor in predictors.values():
+            d = predictor.run_resized(image.numpy(), (h, w))
+            assert_same((d["boxes"], d["scores"], d["classes"]), want)
+        with torch.no_grad():
+            b, s, c, n = pt2(image, torch.tensor([h, w]))
+        n = int(n)
+        assert_same((b[:n].numpy(), s[:n].numpy(), c[:n].numpy()), want)
+    assert min(counts) > 0
+
+
+def test_runtime_class_refuses_images_below_the_exported_minimum(exported):
+    predictor = ExportedPredictor(exported[("detecting", "onnx", False)], "onnxruntime")
+    with pytest.raises(ValueError, match="resizes to 51x512, but the exported model needs sides"):
+        predictor(np.zeros((100, 1000, 3), np.uint8))
+    with pytest.raises(ValueError, match="BGR uint8"):
+        predictor(np.zeros((100, 100), np.uint8))
