@@ -36,8 +36,9 @@ def compute_locations_per_level(
     stride_y, stride_x = (stride, stride) if isinstance(stride, int) else stride
     xs = torch.arange(width, dtype=torch.float32, device=device) * stride_x
     ys = torch.arange(height, dtype=torch.float32, device=device) * stride_y
-    xs = xs + float(math.floor(stride_x * offset))
-    ys = ys + float(math.floor(stride_y * offset))
+    # math.floor, no float(): strides may be SymInts while exporting.
+    xs = xs + math.floor(stride_x * offset)
+    ys = ys + math.floor(stride_y * offset)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=1)
 
@@ -71,7 +72,7 @@ def compute_locations(
     elif mode == "padded_size_div_grid":
         if padded_size is None:
             raise ValueError("LOCATION_STRIDE 'padded_size_div_grid' needs the padded image size")
-        ph, pw = (int(v) for v in padded_size)
+        ph, pw = padded_size  # ints (or SymInts when exporting: no int() here)
         level_strides = [(ph // h, pw // w) for h, w in shapes]
     else:
         check_choice("LOCATION_STRIDE", mode, LOCATION_STRIDES)
