@@ -86,6 +86,14 @@ def add_fcos_config(cfg: CN) -> None:
     # Bound on locations x boxes pairs evaluated at once (memory cap for
     # images with thousands of boxes); larger problems are processed in chunks.
     _C.ASSIGNER_MAX_PAIRS = 4_000_000
+    # ATSS (ASSIGNER_NAME "ATSSAssigner", Zhang et al., CVPR 2020; fcos_d2/modeling/atss.py):
+    # per box, the ATSS_TOPK locations per level nearest to the box centre are candidates;
+    # positives are candidates whose virtual square anchor (ATSS_ANCHOR_SCALE x stride wide,
+    # centred on the location) has an IoU with the box >= mean + std of the candidates' IoUs
+    # and whose location lies inside the box. SIZES_OF_INTEREST, CENTER_SAMPLING_RADIUS,
+    # SIZE_RANGE_BOUNDS and MATCH_AREA are not used by ATSS.
+    _C.ATSS_TOPK = 9
+    _C.ATSS_ANCHOR_SCALE = 8.0
 
     # ----------------------------------------------------------------- losses
     _C.FOCAL_LOSS_ALPHA = 0.25
