@@ -52,6 +52,10 @@ def add_fcos_config(cfg: CN) -> None:
     _C.NORM = "GN"
     # Initial foreground probability of the class logits (bias init).
     _C.PRIOR_PROB = 0.01
+    # Deformable convolution (DCNv2: learned offsets and modulation) as the last conv of
+    # each tower, as AdelaiDet's MODEL.FCOS.USE_DEFORMABLE (its "dcnv2" models). Runs with
+    # torchvision's op where Detectron2's compiled one is unavailable (modeling/deform.py).
+    _C.USE_DEFORMABLE = False
     # Learnable scalar s_i per level multiplying the box outputs. With it off
     # the box branch uses s_i = 1 (torchvision's FCOS has no scales).
     _C.USE_SCALE = True
@@ -142,7 +146,8 @@ def add_fcos_config(cfg: CN) -> None:
     # These keep the parameters and state dict, and the fp32 outputs up to float rounding
     # (see fcos_d2/modeling/fast.py).
     # Compute each Conv2d + FrozenBatchNorm2d of the backbone as one convolution with
-    # the norm folded into its weights (training and inference).
+    # the norm folded into its weights (training and inference), and, at inference, each
+    # head conv + BatchNorm (NORM "BN" or "SyncBN", per level running statistics) likewise.
     _C.FOLD_FROZEN_BN = True
     # Keep weights and activations in channels-last memory format (faster convolutions
     # on CPUs with oneDNN and on GPUs with tensor cores).
