@@ -270,3 +270,23 @@ def test_built_from_config():
     model = build_model(cfg)
     assert isinstance(model.assigner, ATSSAssigner)
     assert (model.assigner.topk, model.assigner.anchor_scale) == (5, 8.0)
+
+
+def test_a_batch_is_assigned_image_by_image():
+    # Images with 4, 0, 7 and 1 boxes, assigned together, each against the reference.
+    rng = random.Random(3)
+    strides, h, w = [8, 16, 32], 96, 128
+    shapes = [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
+    locations = compute_locations(shapes, strides)
+    levels = [[tuple(p) for p in loc.double().tolist()] for loc in locations]
+    batch = [_random_boxes(rng, n, h, w, integer=True) for n in (4, 0, 7, 1)]
+    instances = [_instances(b, [i % BG for i in range(len(b))], (h, w)) for b in batch]
+    targets = ATSSAssigner(num_classes=BG, topk=9)(locations, strides, instances)
+    assert targets.labels.shape == (4, sum(len(loc) for loc in locations))
+    for i, boxes in enumerate(batch):
+        expected = reference_atss(levels, strides, torch.tensor(boxes).tolist(), 9, 8.0)
+        assert targets.matched_idxs[i].tolist() == expected
+        m = targets.matched_idxs[i]
+        assert targets.labels[i][m >= 0].tolist() == [j % BG for j in m[m >= 0].tolist()]
+    assert (targets.matched_idxs[1] == -1).all() and (targets.labels[1] == BG).all()
+    assert (targets.matched_idxs >= 0).sum() > 0

@@ -27,7 +27,7 @@ never with locations x boxes.
 """
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -116,9 +116,11 @@ def atss_match(
     gt_boxes: Tensor,
     topk: int = 9,
     anchor_scale: float = 8.0,
+    image_ids: Optional[Tensor] = None,
+    num_images: int = 1,
 ) -> Tensor:
     """
-    ATSS assignment of one image.
+    ATSS assignment of one image, or of several images at once.
 
     Args:
         axes: per level the grid of its locations, (xs (W_i,), ys (H_i,)) as
@@ -126,13 +128,16 @@ def atss_match(
             (xs[j % W_i], ys[j // W_i]).
         strides: per level stride (the virtual anchors are ``anchor_scale * stride`` wide).
         gt_boxes: (M, 4) boxes (x0, y0, x1, y1); M may be 0.
+        image_ids: optional (M,) int64 image of each box, in [0, num_images) and
+            non-decreasing (boxes grouped by image); None: all in image 0.
 
     Returns:
-        (L,) int64 index into gt_boxes of each location's box (locations of all levels
-        concatenated, L = sum_i H_i * W_i), -1 for background.
+        (num_images * L,) int64 index into gt_boxes of each location's box (per image, the
+        locations of all levels concatenated, L = sum_i H_i * W_i), -1 for background.
     """
     device = gt_boxes.device
-    num_locations = sum(len(xs) * len(ys) for xs, ys in axes)
+    per_image = sum(len(xs) * len(ys) for xs, ys in axes)
+    num_locations = num_images * per_image
     out = torch.full((num_locations,), -1, dtype=torch.int64, device=device)
     num_boxes = gt_boxes.shape[0]
     if num_boxes == 0:
@@ -157,6 +162,8 @@ def atss_match(
         cand_idx.append(idx + start)
         start += len(xs) * len(ys)
     idx = torch.cat(cand_idx, dim=1)  # (M, K)
+    if image_ids is not None:
+        idx = idx + image_ids[:, None] * per_image
     iou = torch.cat(cand_iou, dim=1)
     # IoU >= mean + std, evaluated on the IoUs minus their minimum: the same statistic, but
     # exact where all candidates have the same IoU (mean and std of zeros are 0).
@@ -216,19 +223,22 @@ class ATSSAssigner:
         """
         points = torch.cat(locations)
         axes = [grid_axes(loc) for loc in locations]
-        labels, reg_targets, matched = [], [], []
-        for inst in gt_instances:
-            boxes = inst.gt_boxes.tensor.to(points.dtype)
-            idx = atss_match(axes, strides, boxes, self.topk, self.anchor_scale)
-            pos = idx >= 0
-            if boxes.shape[0] > 0:
-                safe = idx.clamp(min=0)
-                lab = torch.where(pos, inst.gt_classes[safe], self.num_classes)
-                reg = torch.where(pos[:, None], ltrb_distances(points, boxes[safe]), 0.0)
-            else:
-                lab = torch.full_like(idx, self.num_classes)
-                reg = points.new_zeros((points.shape[0], 4))
-            labels.append(lab)
-            reg_targets.append(reg)
-            matched.append(idx)
-        return FCOSTargets(torch.stack(labels), torch.stack(reg_targets), torch.stack(matched))
+        # All images at once: boxes are matched independently, locations per image.
+        boxes = torch.cat([inst.gt_boxes.tensor for inst in gt_instances]).to(points.dtype)
+        classes = torch.cat([inst.gt_classes for inst in gt_instances])
+        counts = torch.tensor([len(inst) for inst in gt_instances], device=points.device)
+        image_ids = torch.repeat_interleave(torch.arange(len(counts), device=points.device), counts)
+        idx = atss_match(
+            axes, strides, boxes, self.topk, self.anchor_scale, image_ids, len(gt_instances)
+        ).reshape(len(gt_instances), -1)  # (N, L) index into the concatenated boxes
+        pos = idx >= 0
+        first_box = torch.cumsum(counts, 0) - counts  # (N,) offset of each image's boxes
+        if boxes.shape[0] > 0:
+            safe = idx.clamp(min=0)
+            labels = torch.where(pos, classes[safe], self.num_classes)
+            reg = torch.where(pos[..., None], ltrb_distances(points, boxes[safe]), 0.0)
+        else:
+            labels = torch.full_like(idx, self.num_classes)
+            reg = points.new_zeros((*idx.shape, 4))
+        matched = torch.where(pos, idx - first_box[:, None], -1)
+        return FCOSTargets(labels, reg, matched)
