@@ -193,12 +193,12 @@ def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(2):
-        img = torch.randint(0, 256, (3, 128, 160), generator=g).float()
-        xy = torch.rand(3, 2, generator=g) * 80
-        boxes = torch.cat([xy, xy + 16 + torch.rand(3, 2, generator=g) * 40], dim=1)
-        inst = Instances((128, 160), gt_boxes=Boxes(boxes),
+        img = torch.randint(0, 256, (3, 96, 128), generator=g).float()
+        xy = torch.rand(3, 2, generator=g) * 50
+        boxes = torch.cat([xy, xy + 16 + torch.rand(3, 2, generator=g) * 30], dim=1)
+        inst = Instances((96, 128), gt_boxes=Boxes(boxes),
                          gt_classes=torch.randint(0, 5, (3,), generator=g))  # fmt: skip
-        out.append({"image": img, "instances": inst, "height": 128, "width": 160})
+        out.append({"image": img, "instances": inst, "height": 96, "width": 128})
     return out
 
 
