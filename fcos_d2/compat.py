@@ -12,12 +12,15 @@ from typing import Optional, Tuple
 import detectron2
 import torch.distributed as dist
 from detectron2.utils import comm
+from torch import Tensor
 
 __all__ = [
     "D2_VERSION",
+    "HAS_D2_DEFORM_CONV",
     "HAS_FAST_COCOEVAL",
     "LAUNCH_SUPPORTS_CPU",
     "create_local_process_group",
+    "d2_deform_conv_usable",
     "fast_cocoeval_class",
     "use_fast_cocoeval",
 ]
@@ -82,6 +85,30 @@ def use_fast_cocoeval() -> bool:
 
         coco_evaluation.COCOeval_opt = cls
     return True
+
+
+def _has_d2_deform_conv() -> bool:
+    # Detectron2 built with its extension exports the deformable convolution kernels (CUDA
+    # only); 0.6 from PyPI has an empty placeholder `detectron2._C`.
+    try:
+        ext = importlib.import_module("detectron2._C")
+    except ImportError:
+        return False
+    names = ("deform_conv_forward", "deform_conv_backward_input", "modulated_deform_conv_forward")
+    return all(hasattr(ext, name) for name in names)
+
+
+#: Whether Detectron2 was built with its deformable convolution ops.
+HAS_D2_DEFORM_CONV: bool = _has_d2_deform_conv()
+
+
+def d2_deform_conv_usable(x: Tensor) -> bool:
+    """
+    Whether Detectron2's own ``DeformConv`` / ``ModulatedDeformConv`` can run (forward and
+    backward) on ``x``: only with its compiled ops and on a CUDA tensor (its CPU path has
+    no backward and no DCNv2). Elsewhere fcos_d2.modeling.deform uses torchvision's op.
+    """
+    return HAS_D2_DEFORM_CONV and x.is_cuda
 
 
 #: Whether ``detectron2.engine.launch`` can start several CPU (GLOO) workers. 0.6 asserts

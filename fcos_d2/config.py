@@ -55,6 +55,10 @@ def add_fcos_config(cfg: CN) -> None:
     _C.NORM = "GN"
     # Initial foreground probability of the class logits (bias init).
     _C.PRIOR_PROB = 0.01
+    # Deformable convolution (DCNv2: learned offsets and modulation) as the last conv of
+    # each tower, as AdelaiDet's MODEL.FCOS.USE_DEFORMABLE (its "dcnv2" models). Runs with
+    # torchvision's op where Detectron2's compiled one is unavailable (modeling/deform.py).
+    _C.USE_DEFORMABLE = False
     # Learnable scalar s_i per level multiplying the box outputs. With it off
     # the box branch uses s_i = 1 (torchvision's FCOS has no scales).
     _C.USE_SCALE = True
@@ -89,6 +93,14 @@ def add_fcos_config(cfg: CN) -> None:
     # Bound on locations x boxes pairs evaluated at once (memory cap for
     # images with thousands of boxes); larger problems are processed in chunks.
     _C.ASSIGNER_MAX_PAIRS = 4_000_000
+    # ATSS (ASSIGNER_NAME "ATSSAssigner", Zhang et al., CVPR 2020; fcos_d2/modeling/atss.py):
+    # per box, the ATSS_TOPK locations per level nearest to the box centre are candidates;
+    # positives are candidates whose virtual square anchor (ATSS_ANCHOR_SCALE x stride wide,
+    # centred on the location) has an IoU with the box >= mean + std of the candidates' IoUs
+    # and whose location lies inside the box. SIZES_OF_INTEREST, CENTER_SAMPLING_RADIUS,
+    # SIZE_RANGE_BOUNDS and MATCH_AREA are not used by ATSS.
+    _C.ATSS_TOPK = 9
+    _C.ATSS_ANCHOR_SCALE = 8.0
 
     # ----------------------------------------------------------------- losses
     _C.FOCAL_LOSS_ALPHA = 0.25
@@ -137,7 +149,8 @@ def add_fcos_config(cfg: CN) -> None:
     # These keep the parameters and state dict, and the fp32 outputs up to float rounding
     # (see fcos_d2/modeling/fast.py).
     # Compute each Conv2d + FrozenBatchNorm2d of the backbone as one convolution with
-    # the norm folded into its weights (training and inference).
+    # the norm folded into its weights (training and inference), and, at inference, each
+    # head conv + BatchNorm (NORM "BN" or "SyncBN", per level running statistics) likewise.
     _C.FOLD_FROZEN_BN = True
     # Keep weights and activations in channels-last memory format (faster convolutions
     # on CPUs with oneDNN and on GPUs with tensor cores).

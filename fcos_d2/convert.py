@@ -129,10 +129,19 @@ _RULES: Dict[str, List[Rule]] = {
             r"\.(weight|norm\.(weight|bias|running_mean|running_var)))$",
             lambda m: m.group(1),
         ),
+        # Deformable ResNet blocks (RESNETS.DEFORM_ON_PER_STAGE): the offset (and DCNv2 mask)
+        # convolution of each block's conv2; conv2 itself keeps its name.
+        (
+            r"^(backbone\.bottom_up\.res[2-5]\.\d+\.conv2_offset\.(weight|bias))$",
+            lambda m: m.group(1),
+        ),
         (r"^(backbone\.(fpn_lateral|fpn_output)\d\.(weight|bias))$", lambda m: m.group(1)),
         (r"^(backbone\.top_block\.(p6|p7)\.(weight|bias))$", lambda m: m.group(1)),
         (
-            r"^proposal_generator\.fcos_head\.(cls_tower|bbox_tower)\.(\d+)\.(weight|bias)$",
+            # (offset|conv): the tower's DFConv2d with FCOS.USE_DEFORMABLE (fcos-d2's
+            # DeformableConv2d has the same two children).
+            r"^proposal_generator\.fcos_head\.(cls_tower|bbox_tower)\.(\d+)\."
+            r"((?:offset\.|conv\.)?(?:weight|bias))$",
             lambda m: "head.{}.{}.{}".format(*m.groups()),
         ),
         (

@@ -482,3 +482,47 @@ def test_cli_failed_config_check_keeps_the_old_output(tv_ckpt, workdir):
     with open(out_path, "rb") as f:
         assert f.read() == b"an older file the user still needs"
     assert not os.path.exists(out_path + ".unchecked")
+
+
+# ---------------------------------------------------------------- AdelaiDet DCNv2 models
+
+
+def _adelaidet_dcnv2_entries() -> List[Entry]:
+    """AdelaiDet's R50 FCOS with DEFORM_ON_PER_STAGE [F, T, T, T], DEFORM_MODULATED and
+    FCOS.USE_DEFORMABLE: a conv2_offset (27 = 2 x 9 offsets + 9 mask logits) in every res3,
+    res4 and res5 block; the last tower conv (index 9) is a DFConv2d with children offset and
+    conv."""
+    out = []
+    head = "proposal_generator.fcos_head"
+    for src, dst, shape in _r50_entries("adelaidet") + _fpn_head_entries("adelaidet"):
+        tower_last = any(src.startswith(f"{head}.{t}.9.") for t in ("cls_tower", "bbox_tower"))
+        if not tower_last:
+            out.append((src, dst, shape))
+    d2 = "backbone.bottom_up"
+    for k, (blocks, w, _) in enumerate(R50_STAGES, start=1):
+        if k + 1 in (3, 4, 5):
+            for i in range(blocks):
+                name = f"{d2}.res{k + 1}.{i}.conv2_offset"
+                out += _conv(name, name, 27, w, 3)
+    for tower in ("cls_tower", "bbox_tower"):
+        out += _conv(f"{head}.{tower}.9.offset", f"head.{tower}.9.offset", 27, 256, 3)
+        out += _conv(f"{head}.{tower}.9.conv", f"head.{tower}.9.conv", 256, 256, 3)
+    return out
+
+
+def test_adelaidet_dcnv2_checkpoint_loads_strictly(workdir):
+    entries = _adelaidet_dcnv2_entries()
+    sd = _random_tensors(entries, seed=3)
+    in_path = os.path.join(str(workdir), "adelaidet_dcnv2.pth")
+    torch.save({"model": sd}, in_path)
+    out_path = os.path.join(str(workdir), "adelaidet_dcnv2_converted.pth")
+    convert_checkpoint(in_path, out_path, "adelaidet")
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_dcnv2_2x_ms.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    loaded = _load_strict(build_model(cfg), out_path)
+    assert set(loaded) == {dst for _, dst, _ in entries}
+    for src, dst, _ in entries:
+        assert torch.equal(loaded[dst], sd[src]), f"{src} -> {dst}"
+    assert sum(1 for _, dst, _ in entries if "conv2_offset.weight" in dst) == 4 + 6 + 3

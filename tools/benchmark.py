@@ -28,6 +28,12 @@ Sections:
      DATALOADER.NUM_WORKERS 0 and 2, beside FCOS R-50's training step on its batches;
   9. the dataset checks' share of training start-up at COCO-train size (118k images).
      (--scale runs only 7-9.)
+ 10. ATSS assignment + losses (MODEL.FCOS.ASSIGNER_NAME ATSSAssigner) for 10..5000 boxes
+     at 800x1333, timed beside FCOS's assignment (section "atss");
+ 11. FCOS-RT (configs/FCOS_RT_R50_4x.yaml) inference at 512x683 beside FCOS_R50_1x at
+     800x1333, fp32, and FCOS-RT without its head BatchNorm folded (section "rt").
+Section 1b (section "export"): the whole detector exported (ONNX in ONNX Runtime and
+OpenVINO f32/bf16, torch.export) at 800x1333 beside torchvision's eager fp32.
 Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
 """
 import argparse
@@ -291,23 +297,23 @@ def assignment_case(model, n: int) -> Callable[[], None]:
     return run
 
 
-def assignment_memory_mb(n: int) -> float:
+def assignment_memory_mb(n: int, *opts: str) -> float:
     """
     Peak resident-memory growth of one :func:`assignment_case` run, measured in a fresh
     process (so that memory freed by earlier work cannot hide it): VmHWM after the run
-    minus VmRSS before it.
+    minus VmRSS before it. ``opts``: config options of the twin (e.g. another assigner).
     """
     code = (
         "import sys, json, torch; sys.path.insert(0, sys.argv[1]);"
         "import benchmark as b;"
         "from fcos_d2.reference import seeded_torchvision_fcos, fcos_d2_twin;"
-        "m, _ = fcos_d2_twin(seeded_torchvision_fcos(seed=0, num_classes=91));"
+        "m, _ = fcos_d2_twin(seeded_torchvision_fcos(seed=0, num_classes=91), *sys.argv[3:]);"
         "run = b.assignment_case(m, int(sys.argv[2]));"
         "before = b._status_mb('VmRSS'); run();"
         "print(json.dumps(b._status_mb('VmHWM') - before))"
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    cmd = [sys.executable, "-c", code, os.path.join(ROOT, "tools"), str(n)]
+    cmd = [sys.executable, "-c", code, os.path.join(ROOT, "tools"), str(n), *opts]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -321,6 +327,71 @@ def assignment_section(ours, box_counts, repeats) -> Dict[str, dict]:
         print(f"  {n:5d} boxes: {t * 1e3:8.1f} ms, peak RSS growth "
               f"{results[str(n)]['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
     return results
+
+
+ATSS_OPTS = ("MODEL.FCOS.ASSIGNER_NAME", "ATSSAssigner")
+
+
+def atss_assignment_section(tv, box_counts, repeats) -> Dict[str, dict]:
+    """
+    ATSS assignment + losses (time in this process, interleaved with FCOS's assignment on
+    the same inputs; peak memory in a fresh process) for each number of boxes at 800x1333.
+    """
+    fcos, _ = fcos_d2_twin(tv)
+    atss, _ = fcos_d2_twin(tv, *ATSS_OPTS)
+    results = {}
+    for n in box_counts:
+        times = timeit_interleaved(
+            {"atss": assignment_case(atss, n), "fcos": assignment_case(fcos, n)}, repeats
+        )
+        row = {"seconds": times["atss"], "fcos_seconds": times["fcos"],
+               "peak_rss_growth_mb": assignment_memory_mb(n, *ATSS_OPTS)}  # fmt: skip
+        results[str(n)] = row
+        print(f"  {n:5d} boxes: ATSS {row['seconds'] * 1e3:8.1f} ms (FCOS {times['fcos'] * 1e3:.1f}"
+              f" ms), peak RSS growth {row['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
+    return results
+
+
+def _config_model(config: str, *opts: str):
+    """An untrained (seeded) fcos-d2 model of ``configs/<config>`` on the CPU, in eval mode."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import fcos_d2
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", config))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def rt_inference_section(repeats) -> Dict[str, float]:
+    """
+    images/s of FCOS-RT (configs/FCOS_RT_R50_4x.yaml: P3-P5, BN head folded at inference)
+    on a 512x683 image (COCO's 4:3 at its test size) and of FCOS_R50_1x on 800x1333, fp32,
+    interleaved; FCOS-RT also with its head BatchNorm left unfolded.
+    """
+    cases = {
+        "fcos_rt_512": (_config_model("FCOS_RT_R50_4x.yaml"), (512, 683)),
+        "fcos_rt_512_head_bn_unfolded": (
+            _config_model("FCOS_RT_R50_4x.yaml", "MODEL.FCOS.FOLD_FROZEN_BN", "False"),
+            (512, 683),
+        ),
+        "fcos_r50_1x_800": (_config_model("FCOS_R50_1x.yaml"), (800, 1333)),
+    }
+    fns = {}
+    for name, (model, (h, w)) in cases.items():
+        inputs = [{"image": image(h, w), "height": h, "width": w}]
+        fns[name] = lambda model=model, inputs=inputs: model(inputs)
+    with torch.no_grad():
+        row = {name: 1.0 / t for name, t in timeit_interleaved(fns, repeats).items()}
+    row["rt_speedup"] = row["fcos_rt_512"] / row["fcos_r50_1x_800"]
+    row["head_bn_fold_speedup"] = row["fcos_rt_512"] / row["fcos_rt_512_head_bn_unfolded"]
+    print("  " + ", ".join(f"{k} {v:.3f}" + (" img/s" if "speedup" not in k else "x")
+                           for k, v in row.items()))  # fmt: skip
+    return row
 
 
 def coco_eval_section() -> Dict[str, object]:
@@ -849,14 +920,15 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference export "
-                   "train share assign coco ap cocosize loader checks")  # fmt: skip
+                   "train share assign coco ap cocosize loader checks atss rt")  # fmt: skip
     p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
                    help="trained model for the bf16-vs-fp32 AP check (section 6)")
     p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
     add_scale_arguments(p)
     args = p.parse_args(argv)
     if args.scale:
-        args.skip += ["inference", "train", "share", "assign", "coco", "ap"]
+        args.skip += ["inference", "export", "train", "share", "assign", "coco", "ap", "atss",
+                      "rt"]
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {args.threads} threads, detectron2 {compat.D2_VERSION}")
@@ -916,6 +988,13 @@ def main(argv=None) -> dict:
         else:
             print(f"  skipped: no trained model at {args.weights} (run `make demo` first)")
     results.update(scale_sections(args, repeats))
+    if "atss" not in args.skip:
+        print("10. ATSS assignment + losses at 800x1333 (beside FCOS's)")
+        counts = [10, 1000] if args.quick else [10, 1000, 5000]
+        results["atss_assignment"] = atss_assignment_section(tv, counts, repeats)
+    if "rt" not in args.skip:
+        print("11. FCOS-RT inference at 512 beside FCOS_R50_1x at 800x1333 (images/s, fp32)")
+        results["fcos_rt_inference"] = rt_inference_section(repeats)
     results["ratios"] = ratios
     print("ratios (fcos-d2 / torchvision speed):", json.dumps(ratios, indent=1))
     if args.json:

@@ -8,6 +8,7 @@ from .assigner import (
     compute_centerness_targets,
     match_locations_to_boxes,
 )
+from .atss import ATSSAssigner
 from .backbone import build_fcos_resnet_fpn_backbone
 from .head import FCOS_HEAD_REGISTRY, FCOSHead, build_fcos_head
 from .inference import fcos_inference
@@ -16,6 +17,7 @@ from .losses import fcos_losses, iou_loss
 from .meta_arch import FCOS
 
 __all__ = [
+    "ATSSAssigner",
     "FCOS",
     "FCOSAssigner",
     "FCOSHead",

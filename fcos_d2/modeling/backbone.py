@@ -6,6 +6,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..registry import BACKBONE_NAME, register_as
+from .deform import use_deform_conv_fallback
 from .fast import fold_frozen_batchnorm
 
 __all__ = ["build_fcos_resnet_fpn_backbone"]
@@ -22,9 +23,12 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     Output features p3..p7 with strides 8..128 (for FPN.IN_FEATURES = res3, res4, res5).
     With ``cfg.MODEL.FCOS.FOLD_FROZEN_BN``, each conv + FrozenBatchNorm2d of the ResNet runs
     as one convolution (same parameters and outputs, see fast.py). Without p6/p7 in
-    ``cfg.MODEL.FCOS.IN_FEATURES`` the P6/P7 block is left out.
+    ``cfg.MODEL.FCOS.IN_FEATURES`` the P6/P7 block is left out. Deformable convolutions
+    (``cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE``) run with torchvision's op where Detectron2's
+    compiled one is unavailable (see deform.py).
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
+    use_deform_conv_fallback(bottom_up)
     if cfg.MODEL.FCOS.FOLD_FROZEN_BN:
         fold_frozen_batchnorm(bottom_up)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS

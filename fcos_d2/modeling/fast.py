@@ -1,21 +1,24 @@
 """
 Speed-ups that keep the model's parameters, state dict and (up to float rounding) outputs:
-FrozenBatchNorm folded into the preceding convolution, channels-last memory format, and
-reduced-precision inference.
+FrozenBatchNorm folded into the preceding convolution, the head's BatchNorm folded into its
+convolutions at inference, channels-last memory format, and reduced-precision inference.
 """
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
-from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.layers import Conv2d, CycleBatchNormList, FrozenBatchNorm2d
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .deform import DeformableConv2d
 
 __all__ = [
     "FrozenBNFoldedConv2d",
     "fold_frozen_batchnorm",
     "freeze_folded_convs",
     "precision_dtype",
+    "run_tower_bn_folded",
 ]
 
 
@@ -94,6 +97,63 @@ def freeze_folded_convs(module: nn.Module) -> int:
             m.__class__ = Conv2d
             count += 1
     return count
+
+
+def _level_fold(conv: nn.Module, norm: CycleBatchNormList, level: int) -> Tuple[Tensor, Tensor]:
+    """Weight and bias of ``conv`` followed by ``norm``'s BatchNorm of ``level`` in eval mode."""
+    bn = norm[level]
+    scale = (bn.running_var + bn.eps).rsqrt()
+    shift = -bn.running_mean * scale
+    if norm._affine:  # shared affine parameters after the per-level statistics
+        scale = scale * norm.weight
+        shift = shift * norm.weight + norm.bias
+    inner = conv.conv if isinstance(conv, DeformableConv2d) else conv
+    weight = inner.weight * scale.reshape(-1, 1, 1, 1)
+    bias = shift if inner.bias is None else inner.bias * scale + shift
+    return weight, bias
+
+
+def _fold_key(conv: nn.Module, norm: CycleBatchNormList, level: int) -> tuple:
+    bn = norm[level]
+    tensors = [t for t in conv.parameters(recurse=True)] + [bn.running_mean, bn.running_var]
+    tensors += list(norm.parameters(recurse=False))
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+
+def run_tower_bn_folded(
+    tower: nn.Sequential, x: Tensor, level: int, cache: Dict[tuple, tuple]
+) -> Tensor:
+    """
+    Inference forward of a head tower on one level's features, with every convolution
+    (``nn.Conv2d`` or :class:`DeformableConv2d`) followed by a ``CycleBatchNormList``
+    computed as one convolution: the level's BatchNorm (running statistics) and the shared
+    affine folded into its weight and bias. Other layers run as they are. Folded weights
+    are kept in ``cache`` until a parameter or statistic changes. The norms' cycling
+    position is not touched.
+    """
+    layers = list(tower)
+    i = 0
+    while i < len(layers):
+        layer, norm = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(norm, CycleBatchNormList) and isinstance(
+            layer, (nn.Conv2d, DeformableConv2d)
+        ):
+            key = (id(layer), level)
+            version = _fold_key(layer, norm, level)
+            if key not in cache or cache[key][0] != version:
+                with torch.no_grad():
+                    cache[key] = (version, *_level_fold(layer, norm, level))
+            weight, bias = cache[key][1], cache[key][2]
+            if isinstance(layer, DeformableConv2d):
+                x = layer(x, weight, bias)
+            else:
+                x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation,
+                             layer.groups)  # fmt: skip
+            i += 2
+        else:
+            x = layer(x)
+            i += 1
+    return x
 
 
 def precision_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:

@@ -10,6 +10,9 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .deform import DeformableConv2d
+from .fast import run_tower_bn_folded
+
 __all__ = ["FCOS_HEAD_REGISTRY", "FCOSHead", "Scale", "build_fcos_head"]
 
 FCOS_HEAD_REGISTRY = Registry("FCOS_HEAD")
@@ -58,6 +61,8 @@ class FCOSHead(nn.Module):
         use_scale: bool = True,
         norm_reg_targets: bool = False,
         centerness_on_reg: bool = False,
+        use_deformable: bool = False,
+        fold_bn: bool = True,
     ):
         """
         Args:
@@ -71,6 +76,10 @@ class FCOSHead(nn.Module):
             norm_reg_targets: distances as ReLU(s_i x) * stride instead of exp(s_i x).
             centerness_on_reg: centerness from the regression tower instead of the
                 classification tower.
+            use_deformable: the last conv of each tower is a DCNv2 layer
+                (:class:`DeformableConv2d`), as AdelaiDet's USE_DEFORMABLE.
+            fold_bn: at inference, compute each tower conv + BatchNorm ("BN"/"SyncBN" norm)
+                as one convolution with the level's statistics folded in.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -81,12 +90,17 @@ class FCOSHead(nn.Module):
         self.strides = [int(s.stride) for s in input_shape]
         self.norm_reg_targets = norm_reg_targets
         self.centerness_on_reg = centerness_on_reg
+        self.fold_bn = fold_bn and norm in ("BN", "SyncBN")
+        self._fold_cache: dict = {}
         num_levels = len(input_shape)
 
         def tower() -> nn.Sequential:
             layers: List[nn.Module] = []
-            for _ in range(num_convs):
-                layers.append(nn.Conv2d(in_channels, in_channels, 3, stride=1, padding=1))
+            for i in range(num_convs):
+                if use_deformable and i == num_convs - 1:
+                    layers.append(DeformableConv2d(in_channels, in_channels))
+                else:
+                    layers.append(nn.Conv2d(in_channels, in_channels, 3, stride=1, padding=1))
                 norm_layer = _tower_norm(norm, in_channels, num_levels)
                 if norm_layer is not None:
                     layers.append(norm_layer)
@@ -117,6 +131,8 @@ class FCOSHead(nn.Module):
             "use_scale": cfg.MODEL.FCOS.USE_SCALE,
             "norm_reg_targets": cfg.MODEL.FCOS.NORM_REG_TARGETS,
             "centerness_on_reg": cfg.MODEL.FCOS.CENTERNESS_ON_REG,
+            "use_deformable": cfg.MODEL.FCOS.USE_DEFORMABLE,
+            "fold_bn": cfg.MODEL.FCOS.FOLD_FROZEN_BN,
         }
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
@@ -133,9 +149,14 @@ class FCOSHead(nn.Module):
         if len(features) != len(self.strides):
             raise ValueError(f"FCOSHead expects {len(self.strides)} levels, got {len(features)}")
         logits, box_reg, centerness = [], [], []
+        fold = self.fold_bn and not self.training
         for level, feature in enumerate(features):
-            cls_feat = self.cls_tower(feature)
-            reg_feat = self.bbox_tower(feature)
+            if fold:
+                cls_feat = run_tower_bn_folded(self.cls_tower, feature, level, self._fold_cache)
+                reg_feat = run_tower_bn_folded(self.bbox_tower, feature, level, self._fold_cache)
+            else:
+                cls_feat = self.cls_tower(feature)
+                reg_feat = self.bbox_tower(feature)
             logits.append(self.cls_logits(cls_feat))
             centerness.append(self.centerness(reg_feat if self.centerness_on_reg else cls_feat))
             reg = self.bbox_pred(reg_feat).float()
