@@ -148,9 +148,15 @@ class ExportableFCOS(nn.Module):
         return boxes, scores, classes, valid.sum()
 
 
-def check_exportable(cfg: CfgNode) -> None:
-    """Raise ValueError naming the config key if the config cannot be exported."""
+def check_exportable(cfg: CfgNode, fmt: str = "onnx") -> None:
+    """Raise ValueError naming the config key if the config cannot be exported as ``fmt``."""
     f = cfg.MODEL.FCOS
+    deformable = any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE) or f.get("USE_DEFORMABLE", False)
+    if fmt == "onnx" and deformable:
+        raise ValueError(
+            "deformable convolution (MODEL.RESNETS.DEFORM_ON_PER_STAGE / "
+            "MODEL.FCOS.USE_DEFORMABLE) has no ONNX export here; use --format torch_export"
+        )
     if f.INFERENCE_PRECISION not in ("", "fp32", "float32"):
         raise ValueError(
             f"MODEL.FCOS.INFERENCE_PRECISION {f.INFERENCE_PRECISION!r}: export writes fp32 "
@@ -221,7 +227,7 @@ def export_model(
         raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     if network_only and fmt != "onnx":
         raise ValueError("--network-only exports ONNX only")
-    check_exportable(cfg)
+    check_exportable(cfg, fmt)
     os.makedirs(output, exist_ok=True)
     image, original = _sample_inputs(*sample_size)
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)

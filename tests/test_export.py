@@ -288,6 +288,9 @@ def test_export_tool_refuses_bad_requests(tmp_path):
     with pytest.raises(InputError, match="INFERENCE_PRECISION 'bf16'"):
         export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", weights,
                                  "MODEL.FCOS.INFERENCE_PRECISION", "bf16"])  # fmt: skip
+    with pytest.raises(InputError, match="deformable convolution .* has no ONNX export"):
+        export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", weights,
+                                 "MODEL.FCOS.USE_DEFORMABLE", "True"])  # fmt: skip
     with pytest.raises(InputError, match="--network-only exports ONNX only"):
         export_tool.main(base + ["--format", "torch_export", "--network-only",
                                  "MODEL.WEIGHTS", weights])  # fmt: skip

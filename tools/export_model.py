@@ -72,7 +72,7 @@ def main(argv=None) -> str:
     if args.network_only and args.format != "onnx":
         raise InputError("--network-only exports ONNX only (--format onnx)")
     try:
-        check_exportable(cfg)
+        check_exportable(cfg, args.format)
     except ValueError as e:
         raise InputError(f"{args.config_file} cannot be exported: {e}") from e
     if min(args.sample_size) < 129:

@@ -138,12 +138,15 @@ def run_tower_bn_folded(
         if isinstance(norm, CycleBatchNormList) and isinstance(
             layer, (nn.Conv2d, DeformableConv2d)
         ):
-            key = (id(layer), level)
-            version = _fold_key(layer, norm, level)
-            if key not in cache or cache[key][0] != version:
-                with torch.no_grad():
-                    cache[key] = (version, *_level_fold(layer, norm, level))
-            weight, bias = cache[key][1], cache[key][2]
+            if torch.compiler.is_exporting():  # no cache (data_ptr) in a traced graph
+                weight, bias = _level_fold(layer, norm, level)
+            else:
+                key = (id(layer), level)
+                version = _fold_key(layer, norm, level)
+                if key not in cache or cache[key][0] != version:
+                    with torch.no_grad():
+                        cache[key] = (version, *_level_fold(layer, norm, level))
+                weight, bias = cache[key][1], cache[key][2]
             if isinstance(layer, DeformableConv2d):
                 x = layer(x, weight, bias)
             else:
