@@ -5,6 +5,8 @@ Train and evaluate FCOS with Detectron2's DefaultTrainer.
     python train_net.py --config-file configs/FCOS_R50_1x.yaml --num-gpus 8
     python train_net.py --config-file configs/FCOS_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/quickstart.yaml            # CPU, built-in data
+    python train_net.py --config-file configs/quickstart.yaml --eval-only \
+        MODEL.WEIGHTS output/quickstart/model_final.pth TEST.AUG.ENABLED True  # + TTA
 
 On a machine without a GPU, the model runs on the CPU and ``--num-gpus N`` starts N CPU
 worker processes (GLOO).
@@ -13,6 +15,7 @@ worker processes (GLOO).
 import os
 import sys
 
+from detectron2.engine import hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -36,12 +39,19 @@ def main(args):
             weights, resume=args.resume
         )
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:  # as Detectron2's tools/train_net.py: "<task>_TTA" keys
+            results = {**(results or {}), **Trainer.test_with_TTA(cfg, model)}
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        # After training (and its last evaluation): the evaluation with TTA.
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     return trainer.train()
 
 

@@ -5,7 +5,9 @@ with Detectron2's registries, and the built-in datasets (generated on first use)
 its DatasetCatalog.
 """
 
-from . import modeling  # noqa: F401  (registers the model parts)
+# compat: Detectron2 version differences (e.g. its 0.6 VOC code on numpy 2);
+# modeling: registers the model parts.
+from . import compat, modeling  # noqa: F401
 from .config import add_fcos_config
 from .data import register_builtin_datasets
 from .errors import InputError
