@@ -15,7 +15,6 @@ worker processes (GLOO).
 import os
 import sys
 
-from detectron2.engine import hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -47,11 +46,7 @@ def main(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:
-        # After training (and its last evaluation): the evaluation with TTA.
-        trainer.register_hooks(
-            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
-        )
+    # With TEST.AUG.ENABLED the trainer's hooks also evaluate with TTA after training.
     return trainer.train()
 
 

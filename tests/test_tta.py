@@ -12,6 +12,7 @@ from helpers import (
     QUICKSTART,
     TINY_OPTS,
     copypaste_ap,
+    metrics,
     run_train_net,
     small_fcos_cfg,
     tiny_env,
@@ -204,3 +205,22 @@ def test_eval_only_with_tta_prints_both_tables(tmp_path):
     for folder in ("inference", "inference_TTA"):
         assert os.path.isfile(out / folder / "coco_instances_results.json")
         assert os.path.isfile(out / folder / "pr_curves_bbox.png")
+
+
+def test_training_ends_with_an_evaluation_with_tta(tmp_path):
+    out = tmp_path / "out"
+    proc = run_train_net(
+        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
+         "SOLVER.STEPS", "(1,)", *TINY_OPTS, "TEST.AUG.ENABLED", "True",
+         "TEST.AUG.MIN_SIZES", "(128,)", "TEST.AUG.MAX_SIZE", "192",
+         "MODEL.FCOS.TTA_MERGE", "voting", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"],
+        tiny_env(tmp_path / "cache", train_images=2, val_images=2),
+    )  # fmt: skip
+    log = proc.stdout
+    assert log.index("Running inference with test-time augmentation") > log.index(
+        "Evaluation results for bbox"
+    )
+    assert log.count("Evaluation results for bbox") == 2
+    # Both results reach metrics.json (the TTA evaluation runs before the writers).
+    last = [r for r in metrics(out) if "bbox/AP" in r or "bbox_TTA/AP" in r]
+    assert {"bbox/AP", "bbox_TTA/AP"} <= set().union(*last)

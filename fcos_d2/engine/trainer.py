@@ -23,6 +23,7 @@ from detectron2.engine import (
     SimpleTrainer,
     default_argument_parser,
     default_setup,
+    hooks,
 )
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -193,7 +194,14 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FCOSCheckpointer(
             model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        return super().build_hooks()
+        hook_list = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+            # After training and its last evaluation, as Detectron2's tools/train_net.py
+            # does, but before the writers so that metrics.json gets the "_TTA" results.
+            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            writers = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)]
+            hook_list.insert(writers[0] if writers else len(hook_list), tta)
+        return hook_list
 
     def run_step(self):
         try:
