@@ -1,6 +1,9 @@
 """Test-time augmentation: box mapping, merging, the FCOS wrapper, and train_net.py with TTA."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Instances
 from helpers import (
     QUICKSTART,
+    ROOT,
     TINY_OPTS,
     copypaste_ap,
     metrics,
@@ -224,3 +228,23 @@ def test_training_ends_with_an_evaluation_with_tta(tmp_path):
     # Both results reach metrics.json (the TTA evaluation runs before the writers).
     last = [r for r in metrics(out) if "bbox/AP" in r or "bbox_TTA/AP" in r]
     assert {"bbox/AP", "bbox_TTA/AP"} <= set().union(*last)
+
+
+def test_tta_benchmark_tool_runs_every_setting(tmp_path):
+    weights = untrained_weights(tmp_path / "untrained.pth")
+    out = tmp_path / "tta.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "tta_benchmark.py"),
+         "--config-file", QUICKSTART, "--weights", str(weights), "--num-images", "2",
+         "--json", str(out), "--opts", *TINY_OPTS, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
+         "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.MAX_SIZE", "192"],
+        cwd=ROOT, env=tiny_env(tmp_path / "cache", train_images=1, val_images=2),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 2 and figures["tta_sizes"] == [96, 128]
+    settings = figures["settings"]
+    assert list(settings) == ["none", "flip", "flip + 2 scales", "flip + 2 scales, voting"]
+    assert settings["none"]["time_ratio"] == 1.0
+    assert all(0 <= s["AP"] <= 100 and s["s_per_image"] > 0 for s in settings.values())
