@@ -5,6 +5,8 @@ Train and evaluate FCOS with Detectron2's DefaultTrainer.
     python train_net.py --config-file configs/FCOS_R50_1x.yaml --num-gpus 8
     python train_net.py --config-file configs/FCOS_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/quickstart.yaml            # CPU, built-in data
+    python train_net.py --config-file configs/quickstart.yaml --eval-only \
+        MODEL.WEIGHTS output/quickstart/model_final.pth TEST.AUG.ENABLED True  # + TTA
 
 On a machine without a GPU, the model runs on the CPU and ``--num-gpus N`` starts N CPU
 worker processes (GLOO). Started by torchrun or SLURM's srun, each process is one worker of
@@ -40,12 +42,15 @@ def main(args):
             weights, resume=args.resume
         )
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:  # as Detectron2's tools/train_net.py: "<task>_TTA" keys
+            results = {**(results or {}), **Trainer.test_with_TTA(cfg, model)}
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    # With TEST.AUG.ENABLED the trainer's hooks also evaluate with TTA after training.
     return trainer.train()
 
 

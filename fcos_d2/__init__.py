@@ -15,7 +15,9 @@ try:
 except ImportError:  # deployment only: see fcos_d2/deploy.py
     __all__ = ["InputError"]
 else:
-    from . import modeling  # noqa: F401  (registers the model parts)
+    # compat: Detectron2 version differences (e.g. its 0.6 VOC code on numpy 2);
+    # modeling: registers the model parts.
+    from . import compat, modeling  # noqa: F401
     from .config import add_fcos_config
     from .data import register_builtin_datasets
 

@@ -7,12 +7,16 @@ the project imports Detectron2 normally and asks this module about the differenc
 """
 
 import importlib
+import types
 from typing import Optional, Tuple
 
 import detectron2
+import numpy
 import torch.distributed as dist
 from detectron2.utils import comm
 from torch import Tensor
+
+from .errors import InputError
 
 __all__ = [
     "D2_VERSION",
@@ -22,6 +26,8 @@ __all__ = [
     "create_local_process_group",
     "d2_deform_conv_usable",
     "fast_cocoeval_class",
+    "import_lvis",
+    "numpy_aliases_for",
     "use_fast_cocoeval",
 ]
 
@@ -134,3 +140,60 @@ def create_local_process_group(num_workers_per_machine: int) -> None:
         group = dist.new_group(ranks)
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
+
+
+# ------------------------------------------------------------------ numpy aliases
+#: Aliases that numpy 1.24 removed and that Detectron2 0.6's Pascal VOC code (``np.str``,
+#: ``np.bool``) and the ``lvis`` package (``np.float``) still use.
+_REMOVED_NUMPY_ALIASES = {"bool": bool, "int": int, "float": float, "object": object, "str": str}
+
+
+class _NumpyWithAliases(types.ModuleType):
+    """numpy, plus the removed aliases numpy lacks; everything else is numpy's own."""
+
+    def __getattr__(self, name: str):
+        return getattr(numpy, name)
+
+
+def numpy_aliases_for(module: types.ModuleType) -> None:
+    """
+    Give ``module`` (one that did ``import numpy as np``) a ``np`` that also has the
+    aliases numpy >= 1.24 removed (``np.float`` is ``float``, ...). Only that module's
+    global changes; numpy itself is untouched. Nothing is done where numpy has them all.
+    """
+    # vars(), not hasattr: numpy 2 warns on access to some of the removed names.
+    missing = {k: v for k, v in _REMOVED_NUMPY_ALIASES.items() if k not in vars(numpy)}
+    if not missing or isinstance(getattr(module, "np", None), _NumpyWithAliases):
+        return
+    proxy = _NumpyWithAliases("numpy")
+    proxy.__dict__.update(missing)
+    module.np = proxy
+
+
+def _patch_pascal_voc() -> None:
+    # Detectron2 0.6: load_voc_instances uses np.str, voc_eval np.bool (both fixed later).
+    import detectron2.data.datasets.pascal_voc as voc_data
+    import detectron2.evaluation.pascal_voc_evaluation as voc_eval
+
+    numpy_aliases_for(voc_data)
+    numpy_aliases_for(voc_eval)
+
+
+_patch_pascal_voc()
+
+
+def import_lvis() -> types.ModuleType:
+    """
+    The ``lvis`` package (for Detectron2's LVISEvaluator), made to work on numpy >= 1.24
+    (lvis 0.5.3, the last release, uses ``np.float``). Raises InputError if it is missing.
+    """
+    try:
+        import lvis
+        import lvis.eval
+    except ImportError as e:
+        raise InputError(
+            "LVIS evaluation needs the lvis package: pip install --no-deps lvis==0.5.3 "
+            f"(its other dependencies are Detectron2's) ({e})"
+        ) from e
+    numpy_aliases_for(lvis.eval)
+    return lvis

@@ -145,6 +145,16 @@ def add_fcos_config(cfg: CN) -> None:
     # NMS with the legacy IoU of maskrcnn-benchmark (original FCOS): widths x1 - x0 + 1.
     _C.NMS_LEGACY_PLUS_ONE = False
 
+    # ------------------------------------------------- test-time augmentation
+    # Which sizes and flips are run is Detectron2's TEST.AUG (ENABLED, MIN_SIZES,
+    # MAX_SIZE, FLIP; see fcos_d2/modeling/tta.py). How the detections of the augmented
+    # copies, mapped back to the image, are merged: "nms" (class-aware NMS with
+    # NMS_THRESH_TEST, as the original FCOS) or "voting" (the same NMS, then each kept box
+    # becomes the score-weighted mean of the boxes of its class that overlap it with IoU
+    # >= TTA_VOTING_IOU; its score is kept).
+    _C.TTA_MERGE = "nms"
+    _C.TTA_VOTING_IOU = 0.8
+
     # ------------------------------------------------------------------ speed
     # These keep the parameters and state dict, and the fp32 outputs up to float rounding
     # (see fcos_d2/modeling/fast.py).

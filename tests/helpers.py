@@ -151,3 +151,26 @@ def ddp_loss_worker(out_dir: str) -> None:
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     losses = {k: v.detach() for k, v in losses.items()}
     torch.save({"losses": losses, "grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def untrained_weights(path, opts: Optional[List[str]] = None):
+    """
+    Save (seeded) weights of an untrained model of configs/quickstart.yaml + TINY_OPTS
+    (+ ``opts``) to ``path`` (a .pth file) and return the path: for --eval-only runs that
+    check plumbing rather than accuracy.
+    """
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    import fcos_d2
+    from fcos_d2.engine import FCOSCheckpointer
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(QUICKSTART)
+    cfg.merge_from_list(TINY_OPTS + list(opts or []))
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    FCOSCheckpointer(build_model(cfg), save_dir=str(path.parent)).save(path.stem)
+    return path

@@ -5,6 +5,9 @@ Run a trained FCOS model on images, folders of images or videos and write visual
     python tools/demo.py --config-file configs/quickstart.yaml \
         --input photo.jpg images/ clip.mp4 --output demo_out/ \
         --opts MODEL.WEIGHTS output/quickstart/model_final.pth
+
+Detections are drawn from a score of --confidence-threshold, or with per-class thresholds
+from --class-thresholds FILE (written by tools/class_thresholds.py).
 """
 import argparse
 import glob
@@ -35,7 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config-file", required=True)
     p.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
     p.add_argument("--output", required=True, help="folder for the visualisations")
-    p.add_argument("--confidence-threshold", type=float, default=0.3)
+    p.add_argument("--confidence-threshold", type=float, default=0.3,
+                   help="one score threshold for all classes")  # fmt: skip
+    p.add_argument("--class-thresholds", metavar="JSON",
+                   help="per-class score thresholds (tools/class_thresholds.py); "
+                   "replaces --confidence-threshold")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     return p.parse_args(argv)
@@ -59,8 +66,8 @@ def expand_inputs(paths: List[str]) -> List[str]:
     return files
 
 
-def draw(image_bgr: np.ndarray, instances, metadata, threshold: float) -> np.ndarray:
-    """Detections above ``threshold`` drawn on the image; returns BGR."""
+def draw(image_bgr: np.ndarray, instances, metadata, threshold: float = 0.0) -> np.ndarray:
+    """Detections scored >= ``threshold`` drawn on the image; returns BGR."""
     instances = instances.to("cpu")
     instances = instances[instances.scores >= threshold]
     vis = Visualizer(image_bgr[:, :, ::-1], metadata)
@@ -74,7 +81,7 @@ def read_image(path: str) -> np.ndarray:
     return to_bgr_uint8(image, name=path)
 
 
-def run_video(predictor, path: str, out_path: str, metadata, threshold: float) -> int:
+def run_video(predictor, path: str, out_path: str, metadata) -> int:
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         raise InputError(f"cannot open video {path}")
@@ -85,7 +92,7 @@ def run_video(predictor, path: str, out_path: str, metadata, threshold: float) -
             ok, frame = cap.read()
             if not ok:
                 break
-            out = draw(frame, predictor([frame])[0]["instances"], metadata, threshold)
+            out = draw(frame, predictor([frame])[0]["instances"], metadata)
             if writer is None:
                 h, w = out.shape[:2]
                 writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -111,7 +118,9 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    predictor = BatchPredictor(cfg, batch_size=args.batch_size)
+    # The predictor applies the thresholds (per class from the file, else the global one).
+    thresholds = args.class_thresholds or args.confidence_threshold
+    predictor = BatchPredictor(cfg, batch_size=args.batch_size, thresholds=thresholds)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     files = expand_inputs(args.input)
@@ -122,11 +131,11 @@ def main(argv=None) -> None:
         arrays = [read_image(p) for p in paths]
         for path, image, out in zip(paths, arrays, predictor(arrays)):
             name = os.path.splitext(os.path.basename(path))[0] + ".png"
-            vis = draw(image, out["instances"], metadata, args.confidence_threshold)
+            vis = draw(image, out["instances"], metadata)
             cv2.imwrite(os.path.join(args.output, name), vis)
     for path in videos:
         out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".mp4")
-        frames = run_video(predictor, path, out_path, metadata, args.confidence_threshold)
+        frames = run_video(predictor, path, out_path, metadata)
         print(f"{path}: {frames} frames -> {out_path}")
     print(f"Wrote {len(images)} image(s) and {len(videos)} video(s) to {args.output}")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """
 The main job of the README (``make demo``): train FCOS from scratch on the built-in
-synthetic dataset with configs/quickstart.yaml, evaluate it (COCO AP table), and draw
-its detections on validation images into a PNG.
+synthetic dataset with configs/quickstart.yaml, evaluate it (COCO AP table and a PNG of
+its precision-recall curves), and draw its detections on validation images into a PNG.
 
     python tools/quickstart.py [CONFIG_OVERRIDES ...]   # e.g. SOLVER.MAX_ITER 100
 
@@ -26,6 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 import fcos_d2  # noqa: E402
 import train_net  # noqa: E402
 from fcos_d2.engine import argument_parser  # noqa: E402
+from fcos_d2.evaluation import PR_CURVES_FILE  # noqa: E402
 from fcos_d2.predictor import Predictor  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
@@ -93,6 +94,9 @@ def main(overrides):
         print(f"  val AP = {results['bbox/AP']:.1f}, AP50 = {results['bbox/AP50']:.1f}")
     print(f"  checkpoint:  {os.path.join(out_dir, 'model_final.pth')}")
     print(f"  metrics:     {os.path.join(out_dir, 'metrics.json')}")
+    pr_curves = os.path.join(out_dir, "inference", PR_CURVES_FILE.format(task="bbox"))
+    if os.path.isfile(pr_curves):
+        print(f"  PR curves:   {pr_curves}")
     print(f"  detections:  {picture}")
 
 

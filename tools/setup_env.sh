@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or verify) the project's virtual environment in .venv/ and install
 # everything fcos-d2 needs: torch + torchvision, Detectron2, fvcore,
-# pycocotools, faster-coco-eval, OpenCV, pytest, ruff, the deployment runtimes (ONNX,
-# ONNX Runtime, OpenVINO) and fcos_d2 itself (editable).
+# pycocotools, faster-coco-eval, OpenCV, lvis, pytest, ruff, the deployment runtimes
+# (ONNX, ONNX Runtime, OpenVINO) and fcos_d2 itself (editable).
 #
 # Detectron2 is not on PyPI. By default it is built from the `pb1-detectron2`
 # sdist (upstream v0.6 sources) without its C++ extension (README, "Installing
@@ -41,7 +41,7 @@ KEY="$(stamp_key)"
 check_imports() {
   "$VENV/bin/python" - <<'EOF'
 import fcos_d2, detectron2, torch, torchvision, fvcore, pycocotools, faster_coco_eval, cv2  # noqa: F401
-import onnx, onnxscript, onnxruntime, openvino  # noqa: F401
+import lvis, onnx, onnxscript, onnxruntime, openvino  # noqa: F401
 from detectron2.engine import DefaultTrainer  # noqa: F401
 EOF
 }
@@ -107,6 +107,9 @@ else
 fi
 # Detectron2's own requirements may have moved the pins above; restore them.
 "${PIP[@]}" install -q "${EXTRA_SPEC[@]}" "${DEPLOY_SPEC[@]}"
+# lvis (Detectron2's LVISEvaluator) without its dependencies: they are Detectron2's, except
+# opencv-python, which would clash with opencv-python-headless; Cython is build-time only.
+"${PIP[@]}" install -q --no-deps "lvis==0.5.3"
 
 echo "[setup] fcos_d2 (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"

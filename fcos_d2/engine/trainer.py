@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import weakref
+from collections import OrderedDict
 from typing import Iterator, List, Optional
 
 import torch
@@ -22,19 +23,20 @@ from detectron2.engine import (
     SimpleTrainer,
     default_argument_parser,
     default_setup,
+    hooks,
 )
-from detectron2.engine import hooks as d2_hooks
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import compat
 from ..config import add_fcos_config
 from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
 from ..errors import InputError
+from ..modeling.tta import FCOSWithTTA
 from ..registry import upgrade_legacy_names
 from .checkpoint import FCOSCheckpointer
+from .evaluators import build_evaluator
 
 __all__ = ["Trainer", "argument_parser", "check_num_classes", "setup"]
 
@@ -175,10 +177,11 @@ def _cpu_engine(cpu: bool) -> Iterator[None]:
 
 class Trainer(DefaultTrainer):
     """
-    DefaultTrainer with: COCOEvaluator (a fast COCOeval where one exists, see
-    compat.fast_cocoeval_class, else pycocotools), metrics written every
-    SOLVER.LOG_PERIOD iterations,
-    atomic checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
+    DefaultTrainer with: the evaluator of each dataset's type (engine/evaluators.py; COCO
+    with a fast COCOeval where one exists, see compat.fast_cocoeval_class, and
+    precision-recall curves), evaluation with test-time augmentation
+    (:meth:`test_with_TTA`), metrics written every SOLVER.LOG_PERIOD iterations, atomic
+    checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
     non-finite-loss error that names the FCOS loss that went bad.
     """
 
@@ -195,11 +198,17 @@ class Trainer(DefaultTrainer):
         self.checkpointer = FCOSCheckpointer(
             model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        hooks = super().build_hooks()
-        for hook in hooks:  # only rank 0 has one
-            if isinstance(hook, d2_hooks.PeriodicWriter):
+        hook_list = super().build_hooks()
+        for hook in hook_list:  # only rank 0 has one
+            if isinstance(hook, hooks.PeriodicWriter):
                 hook._period = self.cfg.SOLVER.LOG_PERIOD
-        return hooks
+        if self.cfg.TEST.AUG.ENABLED:
+            # After training and its last evaluation, as Detectron2's tools/train_net.py
+            # does, but before the writers so that metrics.json gets the "_TTA" results.
+            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            writers = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)]
+            hook_list.insert(writers[0] if writers else len(hook_list), tta)
+        return hook_list
 
     def run_step(self):
         try:
@@ -242,8 +251,29 @@ class Trainer(DefaultTrainer):
         return build_detection_test_loader(dicts, mapper=mapper)
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(
-            dataset_name, output_dir=output_folder, use_fast_impl=compat.use_fast_cocoeval()
-        )
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        """The evaluator of the dataset's ``evaluator_type``, see engine/evaluators.py."""
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model: torch.nn.Module) -> OrderedDict:
+        """
+        Evaluate ``model`` with test-time augmentation (cfg.TEST.AUG, see modeling/tta.py),
+        as Detectron2's tools/train_net.py does: results under keys ending in "_TTA",
+        evaluator outputs in ``OUTPUT_DIR/inference_TTA``. The loader keeps each image at
+        its own size (INPUT.MIN_SIZE_TEST 0), so that every augmented copy is resized
+        once from the original image rather than from the test-size copy.
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        tta_cfg = cfg.clone()
+        tta_cfg.defrost()
+        tta_cfg.INPUT.MIN_SIZE_TEST = 0  # ResizeShortestEdge(0) is the identity
+        tta_cfg.freeze()
+        tta_model = FCOSWithTTA(cfg, model)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, folder) for name in cfg.DATASETS.TEST]
+        results = cls.test(tta_cfg, tta_model, evaluators)
+        # Other processes than the main one may get None or {} from their evaluators.
+        return OrderedDict((k + "_TTA", v) for k, v in (results or {}).items())

@@ -15,6 +15,7 @@ from .inference import fcos_inference
 from .locations import compute_locations
 from .losses import fcos_losses, iou_loss
 from .meta_arch import FCOS
+from .tta import FCOSWithTTA
 
 __all__ = [
     "ATSSAssigner",
@@ -22,6 +23,7 @@ __all__ = [
     "FCOSAssigner",
     "FCOSHead",
     "FCOSTargets",
+    "FCOSWithTTA",
     "FCOS_ASSIGNER_REGISTRY",
     "FCOS_HEAD_REGISTRY",
     "build_fcos_assigner",

@@ -1,0 +1,57 @@
+"""The evaluator of a dataset, chosen by its ``evaluator_type`` as Detectron2's train_net does."""
+
+import logging
+import os
+from typing import Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator, LVISEvaluator, PascalVOCDetectionEvaluator
+
+from .. import compat
+from ..errors import InputError
+from ..evaluation import PRCurveCOCOEvaluator
+
+__all__ = ["EVALUATOR_TYPES", "build_evaluator"]
+
+logger = logging.getLogger(__name__)
+
+#: Dataset ``evaluator_type`` values with an evaluator for boxes.
+EVALUATOR_TYPES = ("coco", "lvis", "pascal_voc")
+
+
+def build_evaluator(
+    cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
+    """
+    The evaluator of ``dataset_name`` from ``MetadataCatalog.get(dataset_name).evaluator_type``:
+
+    - "coco": COCOEvaluator (a fast COCOeval where one exists, see compat.use_fast_cocoeval),
+      which also draws precision-recall curves into ``output_folder`` (PRCurveCOCOEvaluator);
+    - "lvis": Detectron2's LVISEvaluator (needs the ``lvis`` package);
+    - "pascal_voc": Detectron2's PascalVOCDetectionEvaluator (metadata "dirname", "split"
+      and "year", as ``register_pascal_voc`` sets them; prints VOC AP, AP50, AP75);
+    - none set: COCOEvaluator, which converts the dataset dicts to COCO format.
+
+    Any other type raises InputError naming the dataset and its type.
+    """
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type is None:
+        logger.info("Dataset '%s' has no evaluator_type: evaluating it as COCO", dataset_name)
+        evaluator_type = "coco"
+    if evaluator_type == "coco":
+        return PRCurveCOCOEvaluator(
+            dataset_name, output_dir=output_folder, use_fast_impl=compat.use_fast_cocoeval()
+        )
+    if evaluator_type == "lvis":
+        compat.import_lvis()
+        return LVISEvaluator(dataset_name, output_dir=output_folder)
+    if evaluator_type == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    raise InputError(
+        f"no evaluator for dataset '{dataset_name}' of evaluator_type '{evaluator_type}': "
+        f"FCOS detects boxes, evaluated for the types {', '.join(EVALUATOR_TYPES)}. Set "
+        f"MetadataCatalog.get('{dataset_name}').evaluator_type, or pass evaluators to "
+        "Trainer.test"
+    )
