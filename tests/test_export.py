@@ -168,6 +168,7 @@ def test_exported_models_without_detections(exported):
 
 
 def test_metadata_and_outputs_are_documented_shapes(exported):
+    assert torch.is_grad_enabled()  # exporting left the global grad mode alone
     path = exported[("detecting", "onnx", False)]
     with open(os.path.splitext(path)[0] + ".json") as f:
         meta = json.load(f)

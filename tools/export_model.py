@@ -44,7 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    import torch
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -80,7 +79,6 @@ def main(argv=None) -> str:
     model = build_model(cfg)
     FCOSCheckpointer(model, strict=True).load(weights)
     model.eval()
-    torch.set_grad_enabled(False)
     path = export_model(
         model, cfg, args.output, args.format, network_only=args.network_only,
         sample_size=args.sample_size,
