@@ -25,8 +25,9 @@ needs: the test resize, channel order, strides, the post-processing settings.
 import copy
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
 from torch import Tensor, nn
@@ -267,3 +268,89 @@ def export_model(
     with open(metadata_path(path), "w") as f:
         json.dump(deploy_metadata(cfg, model, network_only), f, indent=2)
     return path
+
+
+# ---------------------------------------------------------------- parity with eager
+
+PARITY_BOX_TOL = 1e-2  # px
+PARITY_SCORE_TOL = 1e-4
+
+Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (K, 4), scores (K,), classes (K,)
+
+
+def exported_runners(path: str, num_threads: int | None = None) -> Dict[str, Callable]:
+    """
+    Callables ``(image (3, h, w) float32 tensor, (height, width) original) -> Detections``
+    of an exported model: ``.onnx`` in ONNX Runtime and OpenVINO (f32), ``.pt2`` as its
+    ExportedProgram.
+    """
+    if path.endswith(".pt2"):
+        program = torch.export.load(path).module()
+
+        def run_pt2(image: Tensor, original: Tuple[int, int]) -> Detections:
+            with torch.no_grad():
+                boxes, scores, classes, count = program(image, torch.tensor(original))
+            n = int(count)
+            return boxes[:n].numpy(), scores[:n].numpy(), classes[:n].numpy()
+
+        return {"torch_export": run_pt2}
+    from .deploy import ExportedPredictor
+
+    def wrap(predictor: ExportedPredictor) -> Callable:
+        def run(image: Tensor, original: Tuple[int, int]) -> Detections:
+            out = predictor.run_resized(image.numpy(), original)
+            return out["boxes"], out["scores"], out["classes"]
+
+        return run
+
+    return {
+        f"{runtime}_f32": wrap(ExportedPredictor(path, runtime, "f32", num_threads=num_threads))
+        for runtime in ("onnxruntime", "openvino")
+    }
+
+
+def compare_with_eager(
+    model: FCOS,
+    path: str,
+    inputs: Sequence[Tuple[Tensor, Tuple[int, int]]],
+    num_threads: int | None = None,
+) -> Dict[str, Dict[str, float]]:
+    """
+    Detections of the exported model at ``path`` (see :func:`exported_runners`) against
+    eager ``model`` (fp32, eval mode) on ``inputs``: (image (3, h, w) float32 as the
+    exported model takes it, (height, width) of the original image). Per runtime: images,
+    detections (eager's; in all, most and fewest per image), images whose count or classes
+    differ, and over the others the largest box difference (px) and score difference;
+    ``agree`` (within PARITY_BOX_TOL / PARITY_SCORE_TOL, no count or class difference).
+    """
+    eager: List[Detections] = []
+    with torch.no_grad():
+        for image, (h, w) in inputs:
+            inst = model([{"image": image, "height": h, "width": w}])[0]["instances"]
+            eager.append(
+                (inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy())
+            )
+    report: Dict[str, Dict[str, float]] = {}
+    for name, run in exported_runners(path, num_threads).items():
+        row = {"images": len(inputs), "detections": sum(len(e[1]) for e in eager),
+               "most_per_image": max((len(e[1]) for e in eager), default=0),
+               "fewest_per_image": min((len(e[1]) for e in eager), default=0),
+               "count_differs": 0, "classes_differ": 0, "max_box_diff": 0.0,
+               "max_score_diff": 0.0}  # fmt: skip
+        for (image, original), (e_boxes, e_scores, e_classes) in zip(inputs, eager):
+            boxes, scores, classes = run(image, original)
+            if len(scores) != len(e_scores):
+                row["count_differs"] += 1
+            elif (np.asarray(classes) != e_classes).any():
+                row["classes_differ"] += 1
+            elif len(scores):
+                row["max_box_diff"] = max(row["max_box_diff"], float(np.abs(boxes - e_boxes).max()))
+                row["max_score_diff"] = max(
+                    row["max_score_diff"], float(np.abs(scores - e_scores).max())
+                )
+        row["agree"] = (
+            row["count_differs"] == 0 and row["classes_differ"] == 0
+            and row["max_box_diff"] <= PARITY_BOX_TOL and row["max_score_diff"] <= PARITY_SCORE_TOL
+        )  # fmt: skip
+        report[name] = row
+    return report

@@ -21,10 +21,12 @@ from torchvision.ops import batched_nms
 import fcos_d2
 from fcos_d2.deploy import ExportedPredictor, nms_per_class, postprocess, resize_shortest_edge
 from fcos_d2.errors import InputError
+from fcos_d2.export import compare_with_eager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import export_model as export_tool  # noqa: E402
+from helpers import tiny_env  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
 ov = pytest.importorskip("openvino")
@@ -83,6 +85,7 @@ def exported(tmp_path_factory):
             path = export_tool.main(argv)
             out[(name, fmt, network_only)] = path
         out[name] = model
+        out[(name, "weights")] = weights
     return out
 
 
@@ -337,3 +340,34 @@ def test_runtime_class_refuses_images_below_the_exported_minimum(exported):
         predictor(np.zeros((100, 1000, 3), np.uint8))
     with pytest.raises(ValueError, match="BGR uint8"):
         predictor(np.zeros((100, 100), np.uint8))
+
+
+def test_export_tool_check_compares_with_eager(exported, tmp_path):
+    # --check N: N built-in val images and 3 made ones (blank, mosaic, strip), each runtime.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file",
+         QUICKSTART, "--format", "onnx", "--output", str(tmp_path / "out"), "--check", "2",
+         "MODEL.WEIGHTS", exported[("detecting", "weights")]],
+        env=tiny_env(str(tmp_path / "cache"), train_images=1, val_images=2),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for runtime in ("onnxruntime_f32", "openvino_f32"):
+        assert f"{runtime}: 5 images" in proc.stdout
+    assert proc.stdout.count("count differs on 0, classes on 0") == 2
+    assert "the exported model agrees with eager inference" in proc.stdout
+
+
+def test_parity_check_reports_a_different_model(exported):
+    # The checker must be able to fail: eager weights that are not the exported ones.
+    g = torch.Generator().manual_seed(3)
+    inputs = [(torch.rand(3, 256, 320, generator=g) * 255, (256, 320))]
+    path = exported[("detecting", "torch_export", False)]
+    same = compare_with_eager(exported["detecting"], path, inputs)["torch_export"]
+    assert same["agree"] and same["detections"] > 0
+    other = detecting_model(-2.0)
+    with torch.no_grad():
+        other.head.bbox_pred.bias.add_(0.05)  # boxes ~5% larger, same scores
+    moved = compare_with_eager(other, path, inputs)["torch_export"]
+    assert not moved["agree"]
+    assert moved["count_differs"] + moved["classes_differ"] > 0 or moved["max_box_diff"] > 1e-2
