@@ -21,7 +21,7 @@ from torchvision.ops import batched_nms
 import fcos_d2
 from fcos_d2.deploy import ExportedPredictor, nms_per_class, postprocess, resize_shortest_edge
 from fcos_d2.errors import InputError
-from fcos_d2.export import compare_with_eager
+from fcos_d2.export import compare_with_eager, exported_runners
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -112,35 +112,14 @@ def assert_same(got, want):
 
 
 def runners(exported, name):
-    """Callables (image (3, h, w) tensor, original (h, w)) -> (boxes, scores, classes)."""
-    out = {}
-    onnx_path = exported[(name, "onnx", False)]
-    for label, predictor in [
-        ("onnxruntime", ExportedPredictor(onnx_path, "onnxruntime", num_threads=2)),
-        ("openvino_f32", ExportedPredictor(onnx_path, "openvino", "f32", num_threads=2)),
-    ]:
-        out[label] = predictor
-    if (name, "onnx", True) in exported:
-        net = exported[(name, "onnx", True)]
-        out["network_only_onnxruntime"] = ExportedPredictor(net, "onnxruntime", num_threads=2)
-        out["network_only_openvino_f32"] = ExportedPredictor(net, "openvino", num_threads=2)
-    program = torch.export.load(exported[(name, "torch_export", False)]).module()
-
-    def run_pt2(image, original):
-        with torch.no_grad():
-            b, s, c, n = program(image, torch.tensor(original))
-        n = int(n)
-        return b[:n].numpy(), s[:n].numpy(), c[:n].numpy()
-
-    def wrap(predictor):
-        def run(image, original):
-            d = predictor.run_resized(image.numpy(), original)
-            return d["boxes"], d["scores"], d["classes"]
-
-        return run
-
-    funcs = {label: wrap(p) for label, p in out.items()}
-    funcs["torch_export"] = run_pt2
+    """Callables (image (3, h, w) tensor, original (h, w)) -> (boxes, scores, classes) of
+    every exported format of ``name``."""
+    funcs = {}
+    for key, prefix in [((name, "onnx", False), ""), ((name, "onnx", True), "network_only_"),
+                        ((name, "torch_export", False), "")]:  # fmt: skip
+        if key in exported:
+            for label, run in exported_runners(exported[key], num_threads=2).items():
+                funcs[prefix + label] = run
     return funcs
 
 
