@@ -12,6 +12,6 @@ setup(
     # Detectron2 is not on PyPI; tools/setup_env.sh installs it (see README).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
     # Export and the runtime class: pip install -e .[deploy] (fcos_d2/deploy.py itself needs
-    # only numpy, OpenCV and onnxruntime or openvino).
+    # only numpy and onnxruntime or openvino).
     extras_require={"deploy": ["onnx", "onnxscript", "onnxruntime", "openvino"]},
 )

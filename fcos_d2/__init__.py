@@ -3,7 +3,7 @@
 ``import fcos_d2`` registers the FCOS backbone, head, assigner and meta-architecture
 with Detectron2's registries, and the built-in datasets (generated on first use) with
 its DatasetCatalog. Where torch is not installed (a deployment machine), it imports
-nothing else: ``fcos_d2.deploy`` runs exported models with numpy, OpenCV and the runtime.
+nothing else: ``fcos_d2.deploy`` runs exported models with numpy and the runtime.
 """
 
 from .errors import InputError

@@ -1,6 +1,6 @@
 """
 Run exported FCOS models (``tools/export_model.py``) with ONNX Runtime or OpenVINO, using
-only numpy, OpenCV and the runtime: no torch, Detectron2 or fcos_d2 model code is imported
+only numpy and the runtime: no torch, Detectron2 or fcos_d2 model code is imported
 (``import fcos_d2`` skips those when torch is not installed).
 
     from fcos_d2.deploy import ExportedPredictor
@@ -15,7 +15,6 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
 __all__ = [
@@ -25,6 +24,7 @@ __all__ = [
     "load_metadata",
     "nms_per_class",
     "postprocess",
+    "resize_bilinear",
     "resize_shortest_edge",
 ]
 
@@ -44,12 +44,65 @@ def load_metadata(model_path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
+#: Fractional bits of Pillow's fixed-point weights for 8-bit images (32 - 8 - 2).
+_PRECISION_BITS = 22
+
+
+def bilinear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """
+    The taps of Pillow's bilinear resampling along one axis (``Image.resize(...,
+    Image.BILINEAR)``, which Detectron2's ResizeTransform uses for uint8 images): a
+    triangle filter widened by the scale when shrinking, so it averages instead of skipping
+    pixels. Returns (out_size, K) int64 source indices and (out_size, K) int32 weights with
+    22 fractional bits (unused taps weigh 0), computed in Pillow's order of operations.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filterscale  # the bilinear filter's support is 1
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
+    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
+    taps = np.arange(ksize)
+    x = (taps[None, :] + first[:, None] - center[:, None] + 0.5) * (1.0 / filterscale)
+    weights = np.where(taps[None, :] < count[:, None], np.maximum(1.0 - np.abs(x), 0.0), 0.0)
+    total = np.zeros(out_size)
+    for k in range(ksize):  # summed tap by tap, as Pillow does
+        total = total + weights[:, k]
+    weights = np.where(total[:, None] != 0, weights / np.where(total == 0, 1, total)[:, None], 0)
+    fixed = np.trunc(weights * (1 << _PRECISION_BITS) + np.where(weights < 0, -0.5, 0.5))
+    index = np.minimum(first[:, None] + taps[None, :], in_size - 1)
+    return index, fixed.astype(np.int32)
+
+
+def _resample_rows(image: np.ndarray, out_size: int) -> np.ndarray:
+    """One pass of Pillow's 8-bit resampling along the first axis of an (H, W, C) uint8
+    image -> (out_size, W, C) uint8, rounded and clamped like Pillow."""
+    index, weights = bilinear_taps(image.shape[0], out_size)
+    acc = np.full((out_size,) + image.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int32)
+    for k in range(index.shape[1]):
+        acc += image[index[:, k]] * weights[:, k, None, None]
+    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (height, width, C) uint8, equal to Pillow's
+    ``Image.fromarray(image).resize((width, height), Image.BILINEAR)`` (columns first,
+    then rows, each pass rounded to uint8)."""
+    if image.shape[1] != width:
+        columns = np.ascontiguousarray(image.transpose(1, 0, 2))
+        image = _resample_rows(columns, width).transpose(1, 0, 2)
+    if image.shape[0] != height:
+        image = _resample_rows(image, height)
+    return np.ascontiguousarray(image)
+
+
 def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
     """
     (H, W, 3) uint8 -> resized so that the shorter side is ``min_size`` and the longer at
-    most ``max_size``: Detectron2's ResizeShortestEdge output size (rounded to nearest),
-    bilinear interpolation with OpenCV (Detectron2 resizes with PIL, whose bilinear
-    filter also smooths when shrinking: pixel values differ slightly).
+    most ``max_size``: Detectron2's ResizeShortestEdge at test time (its output size,
+    rounded to nearest, and PIL's bilinear filter, reproduced in numpy by
+    :func:`resize_bilinear`), so the pixels equal ``DefaultPredictor``'s.
     """
     h, w = image.shape[:2]
     scale = min_size / min(h, w)
@@ -60,7 +113,7 @@ def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.
     new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
     if (new_h, new_w) == (h, w):
         return image
-    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return resize_bilinear(image, new_h, new_w)
 
 
 def compute_locations(

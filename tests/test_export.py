@@ -19,7 +19,14 @@ from detectron2.modeling import build_model
 from torchvision.ops import batched_nms
 
 import fcos_d2
-from fcos_d2.deploy import ExportedPredictor, nms_per_class, postprocess, resize_shortest_edge
+from fcos_d2.deploy import (
+    ExportedPredictor,
+    bilinear_taps,
+    nms_per_class,
+    postprocess,
+    resize_bilinear,
+    resize_shortest_edge,
+)
 from fcos_d2.errors import InputError
 from fcos_d2.export import compare_with_eager, exported_runners
 
@@ -198,7 +205,7 @@ def test_runtime_class_runs_without_torch(exported, tmp_path):
     # (and so Detectron2 and fcos_d2's model code) impossible to import.
     path = exported[("detecting", "onnx", False)]
     g = np.random.default_rng(3)
-    bgr = g.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    bgr = g.integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # shrunk to 326x512
     np.save(tmp_path / "bgr.npy", bgr)
     code = f"""
 import sys
@@ -218,7 +225,11 @@ assert not any(m.startswith(("torch", "detectron2")) for m in sys.modules if sys
     # The same as eager fcos-d2 on the runtime class's own resized input.
     predictor = ExportedPredictor(path, "onnxruntime")
     resized = torch.from_numpy(predictor.preprocess(bgr))
-    assert tuple(resized.shape[1:]) == T.ResizeShortestEdge.get_output_shape(300, 500, 352, 512)
+    # The pixels of DefaultPredictor's resize (Detectron2's ResizeShortestEdge, PIL).
+    channels = bgr[:, :, ::-1] if predictor.meta["input_format"] == "RGB" else bgr
+    d2_resized = T.ResizeShortestEdge([352, 352], 512).get_transform(channels).apply_image(channels)
+    assert d2_resized.shape[:2] == (326, 512)
+    assert torch.equal(resized, torch.from_numpy(d2_resized.transpose(2, 0, 1).astype(np.float32)))
     want = eager(exported["detecting"], resized, bgr.shape[:2])
     assert len(want[1]) > 0
     for runtime in ("onnxruntime", "openvino"):
@@ -231,6 +242,51 @@ def test_resize_matches_detectron2_output_size(h, w):
     image = np.zeros((h, w, 3), np.uint8)
     expected = T.ResizeShortestEdge.get_output_shape(h, w, 352, 512)
     assert resize_shortest_edge(image, 352, 512).shape[:2] == expected
+
+
+def test_bilinear_taps_by_hand():
+    # Shrinking 4 -> 2 (Pillow's bilinear): the triangle filter is widened by the scale, 2.
+    # Output 0 is centred at 1.0; sources 0, 1, 2 (centres 0.5, 1.5, 2.5) lie at scaled
+    # distances 0.25, 0.25, 0.75, so weigh 0.75, 0.75, 0.25, normalised 3/7, 3/7, 1/7;
+    # output 1 (centre 3.0) mirrors it on sources 1, 2, 3.
+    index, weights = bilinear_taps(4, 2)
+    one = 2**22
+    want = np.round(np.array([[3, 3, 1, 0, 0], [1, 3, 3, 0, 0]]) / 7 * one)
+    assert np.array_equal(weights, want)
+    assert np.array_equal(index[:, :3], [[0, 1, 2], [1, 2, 3]])
+    # Enlarging 2 -> 4: plain linear interpolation between pixel centres, edges clamped.
+    index, weights = bilinear_taps(2, 4)
+    dense = np.zeros((4, 2))
+    np.add.at(dense, (np.repeat(np.arange(4), index.shape[1]), index.ravel()), weights.ravel())
+    assert np.allclose(dense / one, [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resize_bilinear_equals_pillow(seed):
+    # Bit-exact against Pillow (the resize of Detectron2's ResizeTransform for uint8
+    # images), enlarging and shrinking each axis by odd factors, noise and smooth images.
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    for _ in range(25):
+        h, w = (int(v) for v in g.integers(1, 400, 2))
+        new_h, new_w = (int(v) for v in g.integers(1, 500, 2))
+        if seed % 2:
+            image = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            yy, xx = np.mgrid[:h, :w]
+            image = np.stack([yy * 7 + xx * 3, xx * xx // 5, (yy - xx) * 11], -1) % 256
+            image = image.astype(np.uint8)
+        want = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        got = resize_bilinear(image, new_h, new_w)
+        assert got.dtype == np.uint8 and np.array_equal(got, want), (h, w, new_h, new_w)
+
+
+@pytest.mark.parametrize("h,w", [(300, 500), (1000, 700), (97, 1500), (352, 352)])
+def test_resize_equals_detectron2_pixels(h, w):
+    image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    want = T.ResizeShortestEdge([352, 352], 512).get_transform(image).apply_image(image)
+    assert np.array_equal(resize_shortest_edge(image, 352, 512), want)
 
 
 def test_numpy_nms_matches_torchvision():

@@ -435,7 +435,7 @@ def coco_eval_section() -> Dict[str, object]:
 
 def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
     """AP of the exported model (ONNX) in ONNX Runtime and OpenVINO f32 / bf16, run by
-    fcos_d2.deploy.ExportedPredictor on the dataset's images (OpenCV resize)."""
+    fcos_d2.deploy.ExportedPredictor on the dataset's images (resized as Detectron2 does)."""
     import tempfile
 
     import cv2
