@@ -1,6 +1,7 @@
 """
 FCOS config keys. Every FCOS key lives under ``cfg.MODEL.FCOS`` and is documented here,
-as is the one engine key that Detectron2's yacs config lacks (``SOLVER.LOG_PERIOD``).
+as are the engine keys that Detectron2's yacs config lacks (``SOLVER.LOG_PERIOD``,
+``SOLVER.AMP.CPU_PRECISION``, ``TEST.BEST_CHECKPOINT_*``, ``MODEL.EMA.*``).
 """
 
 from typing import Any, Sequence
@@ -157,7 +158,7 @@ def add_fcos_config(cfg: CN) -> None:
 
     # ------------------------------------------------------------------ speed
     # These keep the parameters and state dict, and the fp32 outputs up to float rounding
-    # (see fcos_d2/modeling/fast.py).
+    # (see fcos_d2/modeling/fusion.py).
     # Compute each Conv2d + FrozenBatchNorm2d of the backbone as one convolution with
     # the norm folded into its weights (training and inference), and, at inference, each
     # head conv + BatchNorm (NORM "BN" or "SyncBN", per level running statistics) likewise.
@@ -166,7 +167,11 @@ def add_fcos_config(cfg: CN) -> None:
     # on CPUs with oneDNN and on GPUs with tensor cores).
     _C.CHANNELS_LAST = True
     # Inference precision: "" (fp32), "bf16" (autocast; CPUs with AVX512-BF16/AMX, and
-    # GPUs) or "fp16" (autocast, GPU only). Training precision is SOLVER.AMP.ENABLED.
+    # GPUs), "fp16" (autocast, GPU only) or "auto": bf16 where the device executes it
+    # natively, else fp32 on the CPU (fp16 on a GPU without bf16); the choice and the CPU's
+    # capability are logged (fcos_d2/modeling/precision.py). An explicit "bf16" on a CPU
+    # without native bf16 runs emulated, about 5-8x slower than fp32, with a warning.
+    # Training precision is SOLVER.AMP.ENABLED (and SOLVER.AMP.CPU_PRECISION on the CPU).
     _C.INFERENCE_PRECISION = ""
     # Run backbone + head through torch.compile (the first call of each input shape
     # compiles, which takes minutes on a CPU). Off by default.
@@ -178,3 +183,32 @@ def add_fcos_config(cfg: CN) -> None:
     # train.log_period). 1 records every iteration's losses.
     if "LOG_PERIOD" not in cfg.SOLVER:
         cfg.SOLVER.LOG_PERIOD = 20
+    # What SOLVER.AMP.ENABLED trains in on the CPU (on GPUs it is Detectron2's fp16
+    # AMPTrainer): "auto" (bf16 autocast where the CPU executes bf16 natively, AVX512-BF16 or
+    # AMX, else fp32, with a log line naming the CPU's capability), "bf16" (always; emulated
+    # and about 5-8x slower than fp32 on other CPUs, with a warning) or "fp32".
+    if "CPU_PRECISION" not in cfg.SOLVER.AMP:
+        cfg.SOLVER.AMP.CPU_PRECISION = "auto"
+    # Keep the checkpoint of the best evaluation (Detectron2's BestCheckpointer, see
+    # fcos_d2/engine/best_checkpoint.py): the name of an evaluation metric as it appears in
+    # metrics.json, e.g. "bbox/AP" or "bbox_TTA/AP"; "" (default) keeps none. The best model
+    # is written to OUTPUT_DIR/model_best.pth after each evaluation that improves the metric
+    # (TEST.EVAL_PERIOD and the final evaluation), with its value and iteration logged and
+    # stored in the file; --resume continues from the best value found so far.
+    if "BEST_CHECKPOINT_METRIC" not in cfg.TEST:
+        cfg.TEST.BEST_CHECKPOINT_METRIC = ""
+    # "max" (AP and similar) or "min" (e.g. a loss): which direction of the metric is better.
+    if "BEST_CHECKPOINT_MODE" not in cfg.TEST:
+        cfg.TEST.BEST_CHECKPOINT_MODE = "max"
+    # Exponential moving average of the weights (as d2go's and detrex's MODEL_EMA /
+    # train.model_ema; fcos_d2/engine/ema.py): after every optimizer step, on every worker,
+    # e <- DECAY * e + (1 - DECAY) * w for every parameter and floating-point buffer
+    # (integer buffers are copied). When ENABLED, evaluation during and after training uses
+    # the averaged weights, and every checkpoint (model_final.pth, model_best.pth, the
+    # periodic ones) stores them as its "model", so that --eval-only, DefaultPredictor and
+    # export use them; the training weights travel in the checkpoint's "ema" entry, which
+    # --resume restores.
+    if "EMA" not in cfg.MODEL:
+        cfg.MODEL.EMA = CN()
+        cfg.MODEL.EMA.ENABLED = False
+        cfg.MODEL.EMA.DECAY = 0.999

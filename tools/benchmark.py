@@ -39,6 +39,7 @@ Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -58,7 +59,25 @@ from fcos_d2 import compat  # noqa: E402
 from fcos_d2.modeling.inference import fcos_inference  # noqa: E402
 from fcos_d2.modeling.losses import fcos_losses  # noqa: E402
 from fcos_d2.modeling.meta_arch import cat_levels  # noqa: E402
+from fcos_d2.modeling.precision import cpu_capability  # noqa: E402
 from fcos_d2.reference import fcos_d2_twin, seeded_torchvision_fcos  # noqa: E402
+
+#: What the reduced-precision ("bf16") paths ask for ("auto" or "bf16"; --precision), and
+#: what each ran in ("bf16" or "fp32"), recorded in the JSON as "precision_ran".
+REDUCED: Dict[str, str] = {"eager": "auto", "export": "auto"}
+RAN: Dict[str, str] = {}
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (as lscpu shows it), or ""."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def timeit(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -144,11 +163,12 @@ def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
             # The twins place locations as torchvision does (MODEL.FCOS.LOCATION_STRIDE of
             # the torchvision compat config); the paper's strides for comparison.
             row["agreement"] = detections_agree(tv_out, fn())
-            model.location_stride = "level"
+            saved = model.postprocessing
+            model.postprocessing = saved.replace(location_stride="level")
             try:
                 paper = detections_agree(tv_out, fn())
             finally:
-                model.location_stride = "padded_size_div_grid"
+                model.postprocessing = saved
             row["agreement"]["max_box_err_with_paper_strides"] = paper["max_box_err"]
         results[f"{h}x{w}"] = row
         print(f"  {h}x{w}: " + ", ".join(
@@ -245,7 +265,7 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
             locations = ours.locations(feats, images.tensor.shape[-2:])
             fcos_inference(cat_levels(logits), cat_levels(box_reg), cat_levels(ctr).squeeze(2),
                            torch.cat(locations), [len(x) for x in locations],
-                           images.image_sizes, **ours.inference_kwargs)  # fmt: skip
+                           images.image_sizes, ours.postprocessing)  # fmt: skip
 
         t_infer_part = timeit(fcos_infer_part, repeats, warmup=1)
         t_infer = timeit(lambda: ours(inp), repeats, warmup=1)
@@ -450,8 +470,9 @@ def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
     out = {}
     for name, runtime, precision in [("onnxruntime_fp32", "onnxruntime", "f32"),
                                      ("openvino_fp32", "openvino", "f32"),
-                                     ("openvino_bf16", "openvino", "bf16")]:  # fmt: skip
+                                     ("openvino_bf16", "openvino", REDUCED["export"])]:  # fmt: skip
         predictor = ExportedPredictor(path, runtime, precision, num_threads=torch.get_num_threads())
+        RAN[f"ap_exported_{name}"] = predictor.precision
         evaluator = Trainer.build_evaluator(cfg, dataset, output_folder=tempfile.mkdtemp())
         evaluator.reset()
         for d in dicts:
@@ -477,7 +498,7 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
     from fcos_d2.engine import FCOSCheckpointer, Trainer
 
     out = {}
-    for precision in ("", "bf16"):
+    for precision in ("", REDUCED["eager"]):
         cfg = get_cfg()
         fcos_d2.add_fcos_config(cfg)
         cfg.merge_from_file(config_file)
@@ -486,13 +507,15 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
         model = build_model(cfg)
         FCOSCheckpointer(model, strict=True).load(weights)
         model.eval()
+        if precision:
+            RAN["ap_eager_bf16"] = model.inference_precision or "fp32"
         name = cfg.DATASETS.TEST[0]
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             res = inference_on_dataset(
                 model, Trainer.build_test_loader(cfg, name),
                 Trainer.build_evaluator(cfg, name, output_folder="/tmp/fcos_d2_bench_eval"),
             )  # fmt: skip
-        out[precision or "fp32"] = res["bbox"]["AP"]
+        out["bf16" if precision else "fp32"] = res["bbox"]["AP"]
         if precision == "":
             cfg.MODEL.DEVICE = "cpu"
             out.update({f"exported_{k}": v for k, v in _exported_ap(cfg, model, name).items()})
@@ -528,8 +551,11 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
     runners = {
         "onnxruntime_fp32": ExportedPredictor(onnx_path, "onnxruntime", num_threads=threads),
         "openvino_fp32": ExportedPredictor(onnx_path, "openvino", "f32", num_threads=threads),
-        "openvino_bf16": ExportedPredictor(onnx_path, "openvino", "bf16", num_threads=threads),
+        "openvino_bf16": ExportedPredictor(
+            onnx_path, "openvino", REDUCED["export"], num_threads=threads
+        ),
     }
+    RAN["inference_export_openvino_bf16"] = runners["openvino_bf16"].precision
     x = img.numpy()
 
     def as_output(boxes, scores, classes) -> List[dict]:
@@ -924,6 +950,11 @@ def main(argv=None) -> dict:
     p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
                    help="trained model for the bf16-vs-fp32 AP check (section 6)")
     p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16"],
+                   help="what the 'bf16' paths run in: 'auto' (bf16 where the CPU executes it "
+                   "natively, else fp32, so that no path is slower than fp32 unasked) or "
+                   "'bf16' (always; emulated, and slow, on other CPUs). The JSON records "
+                   "what each path ran in (precision_ran)")  # fmt: skip
     add_scale_arguments(p)
     args = p.parse_args(argv)
     if args.scale:
@@ -939,9 +970,21 @@ def main(argv=None) -> dict:
     plain, _ = fcos_d2_twin(tv, "MODEL.FCOS.FOLD_FROZEN_BN", "False",
                             "MODEL.FCOS.CHANNELS_LAST", "False")  # fmt: skip
     plain.eval()
-    bf16, _ = fcos_d2_twin(tv, "MODEL.FCOS.INFERENCE_PRECISION", "bf16")
+    REDUCED.update(eager=args.precision, export=args.precision)
+    bf16, _ = fcos_d2_twin(tv, "MODEL.FCOS.INFERENCE_PRECISION", args.precision)
     bf16.eval()
-    results: Dict[str, object] = {"threads": args.threads, "torch": torch.__version__}
+    RAN["inference_bf16"] = bf16.inference_precision or "fp32"
+    cap = cpu_capability()
+    results: Dict[str, object] = {
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": {"model": cpu_model_name(), **dataclasses.asdict(cap),
+                "native_bf16": cap.native_bf16},
+        "requested_reduced_precision": args.precision,
+        "precision_ran": RAN,
+    }  # fmt: skip
+    print(f"CPU: {cpu_model_name()}, {cap.describe()}; reduced-precision paths: "
+          f"{args.precision!r}")  # fmt: skip
     ratios: Dict[str, float] = {}
     if "inference" not in args.skip:
         print("1. inference (images/s)")
@@ -966,7 +1009,9 @@ def main(argv=None) -> dict:
     share_model = copy.deepcopy(ours)
     if "train" not in args.skip:
         print("2. training step (batch 2, 512x512, 10 boxes/image)")
-        amp, _ = fcos_d2_twin(tv, "SOLVER.AMP.ENABLED", "True")
+        amp, _ = fcos_d2_twin(tv, "SOLVER.AMP.ENABLED", "True",
+                              "SOLVER.AMP.CPU_PRECISION", args.precision)  # fmt: skip
+        RAN["train_step_bf16"] = amp.train_precision or "fp32"
         tr = training_section(tv, ours, repeats, ours_bf16=amp)
         results["train_step"] = tr
         ratios["train_step"] = tr["torchvision_s"] / tr["fcos_d2_s"]

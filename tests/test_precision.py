@@ -1,0 +1,107 @@
+"""Precision by hardware: the CPU-capability query, what "auto" chooses, and its log line."""
+
+import logging
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from helpers import QUICKSTART, TINY_OPTS
+
+import fcos_d2
+from fcos_d2.modeling import precision
+from fcos_d2.modeling.precision import (
+    CPUCapability,
+    cpu_capability,
+    precision_dtype,
+    resolve_precision,
+)
+
+AVX2 = CPUCapability(isa="AVX2", avx512_bf16=False, amx_bf16=False, avx512_vnni=False,
+                     amx_int8=False)  # fmt: skip
+AMX = CPUCapability(isa="AVX512", avx512_bf16=True, amx_bf16=True, avx512_vnni=True,
+                    amx_int8=True)  # fmt: skip
+
+
+@pytest.fixture(params=[AVX2, AMX], ids=["avx2", "amx"])
+def cpu(request, monkeypatch):
+    """The CPU-capability query mocked to an AVX2-only CPU or an AMX CPU."""
+    monkeypatch.setattr(precision, "cpu_capability", lambda: request.param)
+    return request.param
+
+
+def test_capability_query_agrees_with_the_cpu_flags():
+    cap = cpu_capability()
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert cap.avx512_bf16 == ("avx512_bf16" in flags)
+    assert cap.native_bf16 == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert cap.isa == torch.backends.cpu.get_cpu_capability()
+
+
+def test_capability_falls_back_to_cpuinfo_without_torch_queries(monkeypatch):
+    monkeypatch.setattr(precision, "_torch_cpu_query", lambda name: None)
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    cap = precision.cpu_capability.__wrapped__()
+    assert cap.avx512_bf16 and cap.native_bf16 and not cap.amx_bf16 and not cap.avx512_vnni
+
+
+def test_auto_chooses_by_capability_and_logs_it(cpu, caplog):
+    with caplog.at_level(logging.INFO, logger="fcos_d2.modeling.precision"):
+        chosen = resolve_precision("auto", "cpu", "MODEL.FCOS.INFERENCE_PRECISION")
+    assert chosen == ("bf16" if cpu.native_bf16 else "")
+    (record,) = caplog.records
+    assert "MODEL.FCOS.INFERENCE_PRECISION 'auto'" in record.message
+    assert cpu.describe() in record.message
+    assert ("bf16 (native)" if cpu.native_bf16 else "fp32") in record.message
+    assert record.levelno == logging.INFO
+
+
+def test_explicit_bf16_runs_everywhere_and_warns_where_emulated(cpu, caplog):
+    with caplog.at_level(logging.INFO, logger="fcos_d2.modeling.precision"):
+        chosen = resolve_precision("bf16", "cpu", "SOLVER.AMP.CPU_PRECISION")
+    assert chosen == "bf16"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if cpu.native_bf16:
+        assert not warnings
+    else:
+        (w,) = warnings
+        assert "without native bf16" in w.message and "slower than fp32" in w.message
+
+
+def test_fp32_and_names():
+    assert resolve_precision("", "cpu", "K") == ""
+    assert resolve_precision("fp32", "cpu", "K") == ""
+    with pytest.raises(ValueError, match="K must be one of"):
+        resolve_precision("int8", "cpu", "K")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", "cpu", "MODEL.FCOS.INFERENCE_PRECISION")
+    assert precision_dtype("bf16", "cpu") is torch.bfloat16
+    assert precision_dtype("", "cpu") is None
+
+
+def _model(*opts):
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(QUICKSTART)
+    cfg.merge_from_list(TINY_OPTS + list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return build_model(cfg)
+
+
+def test_quickstart_trains_and_infers_by_capability(cpu):
+    """configs/quickstart.yaml trains with SOLVER.AMP.CPU_PRECISION 'auto': bf16 only where
+    native; with INFERENCE_PRECISION 'auto' the convolutions run in the chosen dtype."""
+    model = _model("MODEL.FCOS.INFERENCE_PRECISION", "auto")
+    expected = "bf16" if cpu.native_bf16 else ""
+    assert model.train_precision == expected and model.inference_precision == expected
+    seen = []
+    model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model.eval()
+    with torch.no_grad():
+        model([{"image": torch.randint(0, 256, (3, 200, 260)).float()}])  # P7 2x3
+    assert seen[-1] == (torch.bfloat16 if cpu.native_bf16 else torch.float32)
+
+
+def test_amp_off_trains_in_fp32_whatever_the_cpu(cpu):
+    assert _model("SOLVER.AMP.ENABLED", "False").train_precision == ""
