@@ -174,3 +174,24 @@ def untrained_weights(path, opts: Optional[List[str]] = None):
     torch.manual_seed(0)
     FCOSCheckpointer(build_model(cfg), save_dir=str(path.parent)).save(path.stem)
     return path
+
+
+def tiny_cfg(tiny_data: Dict[str, str], out_dir, *opts: str):
+    """configs/quickstart.yaml + TINY_OPTS on the ``tiny_data`` fixture's datasets, fp32, 3
+    iterations with a checkpoint every 2 and an EMA of decay 0.5 (+ config ``opts``)."""
+    from detectron2.config import get_cfg
+
+    import fcos_d2
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(QUICKSTART)
+    cfg.merge_from_list(TINY_OPTS)
+    cfg.merge_from_list(
+        ["DATASETS.TRAIN", f"('{tiny_data['train']}',)",
+         "DATASETS.TEST", f"('{tiny_data['val']}',)",
+         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out_dir), "SOLVER.AMP.ENABLED", "False",
+         "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2",
+         "MODEL.EMA.ENABLED", "True", "MODEL.EMA.DECAY", "0.5", *opts]
+    )  # fmt: skip
+    return cfg

@@ -115,13 +115,18 @@ def test_default_predictor_returns_boxes_on_a_bgr_image(trained):
 
 
 def test_cpu_amp_trains_in_bfloat16(tmp_path):
+    # Explicit bf16: it runs on every CPU (emulated, with a warning, where not native).
     proc = run_train_net(
         ["--config-file", QUICKSTART, "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.AMP.ENABLED",
-         "True", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "TEST.EVAL_PERIOD", "0",
-         "DATASETS.TEST", "()", *TINY_OPTS],
+         "True", "SOLVER.AMP.CPU_PRECISION", "bf16", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS",
+         "(2,)", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *TINY_OPTS],
         tiny_env(tmp_path / "cache"),
     )  # fmt: skip
-    assert "training in bfloat16 autocast" in proc.stdout
+    assert "training in bfloat16 autocast (SOLVER.AMP.CPU_PRECISION 'bf16')" in proc.stdout
+    from fcos_d2.modeling.precision import cpu_capability
+
+    if not cpu_capability().native_bf16:
+        assert "SOLVER.AMP.CPU_PRECISION 'bf16' on a CPU without native bf16" in proc.stdout
     losses = [r for r in metrics(tmp_path / "out") if "loss_fcos_cls" in r]
     assert losses[-1]["iteration"] == 2 and all(np.isfinite(r["total_loss"]) for r in losses)
 
@@ -136,6 +141,7 @@ def test_bf16_autocast_reaches_the_convolutions():
     c.merge_from_list(TINY_OPTS)
     c.MODEL.DEVICE = "cpu"
     c.SOLVER.AMP.ENABLED = True
+    c.SOLVER.AMP.CPU_PRECISION = "bf16"
     c.MODEL.FCOS.INFERENCE_PRECISION = "bf16"
     model = build_model(c)
     seen = []

@@ -1,5 +1,6 @@
 """A DetectionCheckpointer whose files are replaced atomically and whose loads can be strict."""
 
+import contextlib
 import os
 import tempfile
 from typing import Any, Dict
@@ -18,7 +19,7 @@ class IncompatibleCheckpointError(InputError):
 
 class FCOSCheckpointer(DetectionCheckpointer):
     """
-    DetectionCheckpointer with two changes:
+    DetectionCheckpointer with these changes:
 
     - ``save`` writes to a temporary file in the same folder and renames it into place,
       and so does the ``last_checkpoint`` tag: a job killed at any moment leaves the
@@ -26,7 +27,10 @@ class FCOSCheckpointer(DetectionCheckpointer):
     - with ``strict=True``, ``load`` raises :class:`IncompatibleCheckpointError` naming
       the parameters the checkpoint lacks, has in excess or has with another shape (e.g.
       another number of classes or depth), instead of logging a warning and keeping
-      random weights.
+      random weights;
+    - ``save(..., tag_last=False)`` leaves ``last_checkpoint`` alone (for model_best.pth);
+    - with an EMA checkpointable ``"ema"``, checkpoints store the averaged weights as
+      ``"model"`` (see fcos_d2/engine/ema.py).
     """
 
     def __init__(self, model, save_dir: str = "", *, strict: bool = False, **kwargs):
@@ -47,18 +51,27 @@ class FCOSCheckpointer(DetectionCheckpointer):
                 os.remove(tmp)
             raise
 
-    def save(self, name: str, **kwargs: Any) -> None:
+    def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
+        """
+        Write ``save_dir/<name>.pth`` (the model, every checkpointable, ``kwargs``) and,
+        unless ``tag_last`` is False, point ``last_checkpoint`` at it. With a ModelEMA
+        checkpointable "ema", "model" holds the averaged weights and "ema" the training
+        weights (see fcos_d2/engine/ema.py).
+        """
         if not self.save_dir or not self.save_to_disk:
             return
-        data: Dict[str, Any] = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
+        ema = self.checkpointables.get("ema")
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {save_file}")
-        self._atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        with ema.swapped() if ema is not None else contextlib.nullcontext():
+            data: Dict[str, Any] = {"model": self.model.state_dict()}
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
+            data.update(kwargs)
+            self._atomic_write(save_file, lambda f: torch.save(data, f))
+        if tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

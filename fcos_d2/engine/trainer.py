@@ -7,7 +7,7 @@ import logging
 import os
 import weakref
 from collections import OrderedDict
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -19,15 +19,18 @@ from detectron2.data import (
 )
 from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import (
+    AMPTrainer,
     DefaultTrainer,
     SimpleTrainer,
     default_argument_parser,
     default_setup,
     hooks,
 )
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import add_fcos_config
@@ -35,10 +38,12 @@ from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_di
 from ..errors import InputError
 from ..modeling.tta import FCOSWithTTA
 from ..registry import upgrade_legacy_names
+from .best_checkpoint import BestCheckpointer
 from .checkpoint import FCOSCheckpointer
+from .ema import ModelEMA
 from .evaluators import build_evaluator
 
-__all__ = ["Trainer", "argument_parser", "check_num_classes", "setup"]
+__all__ = ["Trainer", "argument_parser", "check_num_classes", "create_ddp_model", "setup"]
 
 logger = logging.getLogger("fcos_d2")
 
@@ -137,10 +142,13 @@ def check_num_classes(cfg: CfgNode, dataset_names: List[str]) -> None:
             )
 
 
-def _create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs):
-    # Detectron2's create_ddp_model passes device_ids=[local_rank], which DDP rejects for
-    # a CPU module; on the CPU leave device_ids unset. On a GPU use the model's device
-    # (launch set it; with one visible GPU per task it is cuda:0 whatever the local rank).
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """
+    Detectron2's ``create_ddp_model`` that also works for CPU modules: with one process the
+    model itself; else DistributedDataParallel, on the model's device (Detectron2's passes
+    ``device_ids=[local_rank]``, which DDP rejects for a CPU module; with one visible GPU
+    per task the device is cuda:0 whatever the local rank).
+    """
     if comm.get_world_size() == 1:
         return model
     device = next(model.parameters()).device
@@ -148,31 +156,31 @@ def _create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False,
         kwargs.pop("device_ids", None)
     else:
         kwargs["device_ids"] = [device.index if device.index is not None else 0]
-    ddp = DistributedDataParallel(model, **kwargs)
-    if fp16_compression:
-        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
-
-        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
-    return ddp
+    return DistributedDataParallel(model, **kwargs)
 
 
-@contextlib.contextmanager
-def _cpu_engine(cpu: bool) -> Iterator[None]:
+class _NamedLossError:
     """
-    While DefaultTrainer.__init__ runs: a DDP wrapper that works for CPU modules and, on
-    the CPU, SimpleTrainer in place of AMPTrainer (which needs CUDA; with SOLVER.AMP.ENABLED
-    the FCOS model autocasts itself to bfloat16 on the CPU).
+    Mixed into Detectron2's SimpleTrainer / AMPTrainer: when the total loss is not finite,
+    the FloatingPointError (raised before the optimizer step) names the FCOS losses that
+    went bad. Detectron2 checks the loss in ``_write_metrics``, which gets the loss dict.
     """
-    import detectron2.engine.defaults as d2_defaults
 
-    saved = d2_defaults.create_ddp_model, d2_defaults.AMPTrainer
-    d2_defaults.create_ddp_model = _create_ddp_model
-    if cpu:
-        d2_defaults.AMPTrainer = SimpleTrainer
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model, d2_defaults.AMPTrainer = saved
+    def _write_metrics(self, loss_dict, *args, **kwargs):
+        try:
+            return super()._write_metrics(loss_dict, *args, **kwargs)
+        except FloatingPointError as e:
+            bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+            named = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise FloatingPointError(named or str(e)) from e
+
+
+class FCOSSimpleTrainer(_NamedLossError, SimpleTrainer):
+    """Detectron2's SimpleTrainer; a non-finite loss error names the bad FCOS loss."""
+
+
+class FCOSAMPTrainer(_NamedLossError, AMPTrainer):
+    """Detectron2's AMPTrainer (fp16 on GPUs); a non-finite loss error names the bad loss."""
 
 
 class Trainer(DefaultTrainer):
@@ -181,54 +189,138 @@ class Trainer(DefaultTrainer):
     with a fast COCOeval where one exists, see compat.fast_cocoeval_class, and
     precision-recall curves), evaluation with test-time augmentation
     (:meth:`test_with_TTA`), metrics written every SOLVER.LOG_PERIOD iterations, atomic
-    checkpoints, DDP on CPU workers, a class-count check of the datasets, and a
+    checkpoints, the best checkpoint (TEST.BEST_CHECKPOINT_METRIC), an EMA of the weights
+    (MODEL.EMA), DDP on CPU workers, a class-count check of the datasets, and a
     non-finite-loss error that names the FCOS loss that went bad.
+
+    It builds its parts as DefaultTrainer does (same order, same ``build_*`` class
+    methods), with a DDP wrapper that works on the CPU and, on the CPU, SimpleTrainer in
+    place of AMPTrainer (which needs CUDA; with SOLVER.AMP.ENABLED the FCOS model autocasts
+    itself, see SOLVER.AMP.CPU_PRECISION).
     """
 
     def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        d2_logger = logging.getLogger("detectron2")
+        if not d2_logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+        # Constructed in DefaultTrainer's order.
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
         if cpu and cfg.SOLVER.AMP.ENABLED:
-            logger.info("SOLVER.AMP.ENABLED on the CPU: training in bfloat16 autocast")
-        with _cpu_engine(cpu):
-            super().__init__(cfg)
-
-    def build_hooks(self):
-        # Replace the checkpointer before the hooks capture it.
-        model = self._trainer.model
-        self.checkpointer = FCOSCheckpointer(
-            model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            precision = getattr(model, "train_precision", "")
+            logger.info(
+                "SOLVER.AMP.ENABLED on the CPU: training in "
+                f"{'bfloat16 autocast' if precision == 'bf16' else 'fp32'} "
+                f"(SOLVER.AMP.CPU_PRECISION {cfg.SOLVER.AMP.CPU_PRECISION!r})"
+            )
+        model = create_ddp_model(model, broadcast_buffers=False)
+        amp = cfg.SOLVER.AMP.ENABLED and not cpu
+        self._trainer = (FCOSAMPTrainer if amp else FCOSSimpleTrainer)(
+            model, data_loader, optimizer
         )
-        hook_list = super().build_hooks()
-        for hook in hook_list:  # only rank 0 has one
-            if isinstance(hook, hooks.PeriodicWriter):
-                hook._period = self.cfg.SOLVER.LOG_PERIOD
-        if self.cfg.TEST.AUG.ENABLED:
-            # After training and its last evaluation, as Detectron2's tools/train_net.py
-            # does, but before the writers so that metrics.json gets the "_TTA" results.
-            tta = hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
-            writers = [i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicWriter)]
-            hook_list.insert(writers[0] if writers else len(hook_list), tta)
-        return hook_list
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.ema = ModelEMA(model, cfg.MODEL.EMA.DECAY) if cfg.MODEL.EMA.ENABLED else None
+        checkpointables = {"ema": self.ema} if self.ema is not None else {}
+        self.checkpointer = FCOSCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **checkpointables
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
-    def run_step(self):
+    def state_dict(self) -> dict:
+        """The iteration, the hooks' states and the optimizer's (and AMP's grad scaler's)
+        state, as current Detectron2 writes them (0.6's DefaultTrainer leaves the optimizer
+        out, so a resumed run would restart SGD's momentum)."""
+        ret = TrainerBase.state_dict(self)
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        TrainerBase.load_state_dict(self, state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning(
+                "The checkpoint has no optimizer state (written by Detectron2 0.6's "
+                "DefaultTrainer): SGD's momentum starts from zero"
+            )
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """DefaultTrainer's; with an EMA, it starts from the loaded weights unless the
+        checkpoint carried one (a resumed EMA run)."""
+        restored = self.ema.num_loads if self.ema is not None else 0
+        super().resume_or_load(resume=resume)
+        if self.ema is not None and self.ema.num_loads == restored:
+            self.ema.reset()
+
+    def evaluate(self, tta: bool = False) -> Optional[OrderedDict]:
+        """Evaluate the trained model (its EMA weights with MODEL.EMA.ENABLED) on
+        DATASETS.TEST, plainly or with test-time augmentation."""
+        swapped = self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+        with swapped:
+            if tta:
+                return self.test_with_TTA(self.cfg, self.model)
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """
+        DefaultTrainer's hooks (timer, LR schedule, PreciseBN, periodic checkpoints,
+        evaluation, writers every SOLVER.LOG_PERIOD iterations), plus the evaluation with
+        TTA after training (TEST.AUG.ENABLED: after the last plain evaluation, before the
+        writers, so that metrics.json gets the "_TTA" results) and the best checkpoint
+        (TEST.BEST_CHECKPOINT_METRIC, after the evaluations).
+        """
+        cfg = self.cfg
+        ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model):
+            bn_cfg = cfg.clone()
+            bn_cfg.defrost()
+            bn_cfg.DATALOADER.NUM_WORKERS = 0  # as DefaultTrainer: a loader of its own
+            ret.append(
+                hooks.PreciseBN(
+                    cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(bn_cfg),
+                    cfg.TEST.PRECISE_BN.NUM_ITER,
+                )  # fmt: skip
+            )
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate))
+        if cfg.TEST.AUG.ENABLED:
+            ret.append(hooks.EvalHook(0, lambda: self.evaluate(tta=True)))
+        if comm.is_main_process():
+            if cfg.TEST.BEST_CHECKPOINT_METRIC:
+                ret.append(
+                    BestCheckpointer(
+                        cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.TEST.BEST_CHECKPOINT_METRIC,
+                        mode=cfg.TEST.BEST_CHECKPOINT_MODE,
+                    )  # fmt: skip
+                )
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+        return ret
+
+    def run_step(self) -> None:
         try:
             super().run_step()
         except FloatingPointError as e:
-            model = self._trainer.model
-            model = model.module if isinstance(model, DistributedDataParallel) else model
-            losses = getattr(model, "last_losses", None) or {}
-            bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
             last = (
                 self.checkpointer.get_checkpoint_file()
                 if self.checkpointer.has_checkpoint()
                 else None
             )
             raise FloatingPointError(
-                f"non-finite loss at iteration {self.iter}: "
-                f"{', '.join(f'{k}={v}' for k, v in bad.items()) or str(e)}. Training stopped "
+                f"non-finite loss at iteration {self.iter}: {e}. Training stopped "
                 f"before the optimizer step; no checkpoint was written for this iteration "
                 f"(last checkpoint: {last}). Try a lower SOLVER.BASE_LR or a longer warmup."
             ) from e
+        if self.ema is not None:
+            self.ema.update()
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
