@@ -1,14 +1,16 @@
 """
-The one place that knows how Detectron2 versions differ.
+The one place that knows how Detectron2 versions differ, and the list of every change
+fcos-d2 makes to another library's state (:data:`PATCHES`).
 
 fcos-d2 runs on Detectron2 0.6 (the PyPI route of tools/setup_env.sh, built without
 its C++ extension) and on a current Detectron2 built from source. Everything else in
 the project imports Detectron2 normally and asks this module about the differences.
 """
 
+import contextlib
 import importlib
 import types
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import detectron2
 import numpy
@@ -23,13 +25,56 @@ __all__ = [
     "HAS_D2_DEFORM_CONV",
     "HAS_FAST_COCOEVAL",
     "LAUNCH_SUPPORTS_CPU",
+    "cocoeval_fast_path",
     "create_local_process_group",
     "d2_deform_conv_usable",
+    "PATCHES",
     "fast_cocoeval_class",
     "import_lvis",
     "numpy_aliases_for",
-    "use_fast_cocoeval",
 ]
+
+
+#: Every change fcos-d2 makes to the state of Detectron2, torchvision, fvcore or torch, with
+#: when it happens and why. Registrations in Detectron2's own registries (META_ARCH,
+#: BACKBONE), its DatasetCatalog / MetadataCatalog (the built-in datasets) and the
+#: ``fcos_d2::batched_nms_mask`` operator are additions under fcos-d2's own names and are
+#: not listed. tests check that importing fcos_d2, building a Trainer and an evaluator
+#: change exactly the module attributes listed here.
+PATCHES = (
+    {
+        "target": "detectron2.data.datasets.pascal_voc.np",
+        "when": "import fcos_d2 (numpy without np.str / np.bool)",
+        "why": "Detectron2 0.6's load_voc_instances uses np.str, removed in numpy 1.24: that "
+        "module alone gets a numpy with the removed aliases (numpy_aliases_for)",
+    },
+    {
+        "target": "detectron2.evaluation.pascal_voc_evaluation.np",
+        "when": "import fcos_d2 (numpy without np.str / np.bool)",
+        "why": "Detectron2 0.6's voc_eval uses np.bool (same remedy)",
+    },
+    {
+        "target": "lvis.eval.np",
+        "when": "building an LVIS evaluator (import_lvis)",
+        "why": "lvis 0.5.3 uses np.float (same remedy)",
+    },
+    {
+        "target": "detectron2.evaluation.coco_evaluation.COCOeval_opt",
+        "when": "during one COCO evaluation (cocoeval_fast_path), restored after it",
+        "why": "Detectron2 without its C++ extension has no fast COCOeval; "
+        "faster_coco_eval's takes its place for that evaluation",
+    },
+    {
+        "target": "detectron2.utils.comm._LOCAL_PROCESS_GROUP",
+        "when": "starting CPU workers under Detectron2 0.6 (create_local_process_group)",
+        "why": "0.6 sets its per-machine group only in its own (CUDA-only) launcher",
+    },
+    {
+        "target": "torch op torchvision::nms (fake kernel)",
+        "when": "the first export (fcos_d2.modeling.nms.register_nms_fake_for_export)",
+        "why": "torchvision's fake nms bakes a min-size-2 check into torch.export programs",
+    },
+)
 
 
 def _parse_version(text: str) -> Tuple[int, ...]:
@@ -77,20 +122,26 @@ def fast_cocoeval_class() -> Optional[type]:
     return COCOeval_faster
 
 
-def use_fast_cocoeval() -> bool:
+@contextlib.contextmanager
+def cocoeval_fast_path(cls: Optional[type]) -> Iterator[None]:
     """
-    Make ``COCOEvaluator(use_fast_impl=True)`` use :func:`fast_cocoeval_class`; returns
-    whether a fast implementation exists (pass the result as ``use_fast_impl``).
+    While inside, Detectron2's ``COCOEvaluator(use_fast_impl=True)`` evaluates with ``cls``
+    (from :func:`fast_cocoeval_class`). Detectron2 reads the class from its module's global
+    ``COCOeval_opt``; where Detectron2 has its own C++ one (or ``cls`` is None) nothing
+    changes, else the global is ``cls`` only for the duration of one evaluator's
+    evaluation, then restored (PATCHES).
     """
-    cls = fast_cocoeval_class()
-    if cls is None:
-        return False
-    if not HAS_FAST_COCOEVAL:
-        # Detectron2 without its C++ extension: point its fast path at faster_coco_eval.
-        import detectron2.evaluation.coco_evaluation as coco_evaluation
+    if cls is None or HAS_FAST_COCOEVAL:
+        yield
+        return
+    import detectron2.evaluation.coco_evaluation as coco_evaluation
 
-        coco_evaluation.COCOeval_opt = cls
-    return True
+    saved = coco_evaluation.COCOeval_opt
+    coco_evaluation.COCOeval_opt = cls
+    try:
+        yield
+    finally:
+        coco_evaluation.COCOeval_opt = saved
 
 
 def _has_d2_deform_conv() -> bool:

@@ -8,14 +8,19 @@ only numpy and the runtime: no torch, Detectron2 or fcos_d2 model code is import
     out = predictor(bgr_uint8_image)   # {"boxes": (K, 4), "scores": (K,), "classes": (K,)}
 
 Models exported with ``--network-only`` get the post-processing of
-:func:`fcos_d2.modeling.inference.fcos_postprocess` here, in numpy (:func:`postprocess`).
+:func:`fcos_d2.modeling.inference.fcos_postprocess` here, in numpy (:func:`postprocess`),
+with the settings the exporter wrote (:class:`fcos_d2.postprocess.PostProcessing`).
+Images are resized with Pillow, as Detectron2 resizes them.
 """
 
 import json
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .postprocess import PostProcessing, to_original_size
 
 __all__ = [
     "RUNTIMES",
@@ -24,7 +29,6 @@ __all__ = [
     "load_metadata",
     "nms_per_class",
     "postprocess",
-    "resize_bilinear",
     "resize_shortest_edge",
 ]
 
@@ -44,65 +48,12 @@ def load_metadata(model_path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-#: Fractional bits of Pillow's fixed-point weights for 8-bit images (32 - 8 - 2).
-_PRECISION_BITS = 22
-
-
-def bilinear_taps(in_size: int, out_size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """
-    The taps of Pillow's bilinear resampling along one axis (``Image.resize(...,
-    Image.BILINEAR)``, which Detectron2's ResizeTransform uses for uint8 images): a
-    triangle filter widened by the scale when shrinking, so it averages instead of skipping
-    pixels. Returns (out_size, K) int64 source indices and (out_size, K) int32 weights with
-    22 fractional bits (unused taps weigh 0), computed in Pillow's order of operations.
-    """
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = filterscale  # the bilinear filter's support is 1
-    ksize = int(np.ceil(support)) * 2 + 1
-    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
-    taps = np.arange(ksize)
-    x = (taps[None, :] + first[:, None] - center[:, None] + 0.5) * (1.0 / filterscale)
-    weights = np.where(taps[None, :] < count[:, None], np.maximum(1.0 - np.abs(x), 0.0), 0.0)
-    total = np.zeros(out_size)
-    for k in range(ksize):  # summed tap by tap, as Pillow does
-        total = total + weights[:, k]
-    weights = np.where(total[:, None] != 0, weights / np.where(total == 0, 1, total)[:, None], 0)
-    fixed = np.trunc(weights * (1 << _PRECISION_BITS) + np.where(weights < 0, -0.5, 0.5))
-    index = np.minimum(first[:, None] + taps[None, :], in_size - 1)
-    return index, fixed.astype(np.int32)
-
-
-def _resample_rows(image: np.ndarray, out_size: int) -> np.ndarray:
-    """One pass of Pillow's 8-bit resampling along the first axis of an (H, W, C) uint8
-    image -> (out_size, W, C) uint8, rounded and clamped like Pillow."""
-    index, weights = bilinear_taps(image.shape[0], out_size)
-    acc = np.full((out_size,) + image.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int32)
-    for k in range(index.shape[1]):
-        acc += image[index[:, k]] * weights[:, k, None, None]
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, C) uint8 -> (height, width, C) uint8, equal to Pillow's
-    ``Image.fromarray(image).resize((width, height), Image.BILINEAR)`` (columns first,
-    then rows, each pass rounded to uint8)."""
-    if image.shape[1] != width:
-        columns = np.ascontiguousarray(image.transpose(1, 0, 2))
-        image = _resample_rows(columns, width).transpose(1, 0, 2)
-    if image.shape[0] != height:
-        image = _resample_rows(image, height)
-    return np.ascontiguousarray(image)
-
-
 def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
     """
     (H, W, 3) uint8 -> resized so that the shorter side is ``min_size`` and the longer at
     most ``max_size``: Detectron2's ResizeShortestEdge at test time (its output size,
-    rounded to nearest, and PIL's bilinear filter, reproduced in numpy by
-    :func:`resize_bilinear`), so the pixels equal ``DefaultPredictor``'s.
+    rounded to nearest) with Pillow's bilinear filter, which Detectron2's ResizeTransform
+    uses for uint8 images, so the pixels equal ``DefaultPredictor``'s.
     """
     h, w = image.shape[:2]
     scale = min_size / min(h, w)
@@ -113,23 +64,26 @@ def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.
     new_h, new_w = int(new_h + 0.5), int(new_w + 0.5)
     if (new_h, new_w) == (h, w):
         return image
-    return resize_bilinear(image, new_h, new_w)
+    from PIL import Image
+
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.BILINEAR)
+    return np.asarray(resized)
 
 
 def compute_locations(
-    shapes: Sequence[Tuple[int, int]], meta: Dict[str, Any]
+    shapes: Sequence[Tuple[int, int]], p: PostProcessing
 ) -> List[np.ndarray]:
     """Per level (H_i * W_i, 2) (x, y) locations, as fcos_d2.modeling.locations places them."""
-    strides = meta["strides"]
-    if meta["location_stride"] == "padded_size_div_grid":
+    strides = p.strides
+    if p.location_stride == "padded_size_div_grid":
         ph, pw = shapes[0][0] * strides[0], shapes[0][1] * strides[0]
         steps = [(ph // h, pw // w) for h, w in shapes]
     else:
         steps = [(s, s) for s in strides]
     out = []
     for (h, w), (sy, sx) in zip(shapes, steps):
-        xs = np.arange(w, dtype=np.float32) * sx + np.floor(sx * meta["location_offset"])
-        ys = np.arange(h, dtype=np.float32) * sy + np.floor(sy * meta["location_offset"])
+        xs = np.arange(w, dtype=np.float32) * sx + np.floor(sx * p.location_offset)
+        ys = np.arange(h, dtype=np.float32) * sy + np.floor(sy * p.location_offset)
         yy, xx = np.meshgrid(ys, xs, indexing="ij")
         out.append(np.stack((xx.reshape(-1), yy.reshape(-1)), axis=1))
     return out
@@ -173,7 +127,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def postprocess(
     level_outputs: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
     image_size: Tuple[int, int],
-    meta: Dict[str, Any],
+    p: PostProcessing,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     numpy :func:`fcos_d2.modeling.inference.fcos_postprocess` for one image.
@@ -182,42 +136,54 @@ def postprocess(
         level_outputs: per level (C, H_i, W_i) class logits, (4, H_i, W_i) distances in
             pixels, (1, H_i, W_i) centerness logits.
         image_size: (h, w) of the resized image (boxes are clipped to it).
+        p: the post-processing settings (the exported model's, :func:`load_metadata`).
 
     Returns:
         boxes (K, 4), scores (K,), classes (K,) in the resized image, by decreasing score.
     """
     shapes = [tuple(o[0].shape[-2:]) for o in level_outputs]
-    locations = compute_locations(shapes, meta)
-    thresh, k = meta["score_thresh"], meta["topk_candidates"]
+    locations = compute_locations(shapes, p)
+    thresh, k = p.score_thresh, p.topk_candidates
     all_boxes, all_scores, all_classes = [], [], []
     for (logits, box_reg, ctr), points in zip(level_outputs, locations):
         c = logits.shape[0]
         prob = _sigmoid(logits.reshape(c, -1).T.astype(np.float32))  # (L_i, C)
         score = prob * _sigmoid(ctr.reshape(-1).astype(np.float32))[:, None]
-        if meta["sqrt_score"]:
+        if p.sqrt_score:
             score = np.sqrt(score)
-        passed = (score if meta["thresh_with_centerness"] else prob) > thresh
+        passed = (score if p.thresh_with_centerness else prob) > thresh
         loc, cls = np.nonzero(passed)
         cand = score[loc, cls]
         if len(cand) > k:
             top = np.argpartition(-cand, k - 1)[:k]
             loc, cls, cand = loc[top], cls[top], cand[top]
         ltrb = box_reg.reshape(4, -1).T[loc]
-        p = points[loc]
-        all_boxes.append(np.concatenate((p - ltrb[:, :2], p + ltrb[:, 2:]), axis=1))
+        q = points[loc]
+        all_boxes.append(np.concatenate((q - ltrb[:, :2], q + ltrb[:, 2:]), axis=1))
         all_scores.append(cand)
         all_classes.append(cls)
     boxes = np.concatenate(all_boxes).astype(np.float32)
     scores = np.concatenate(all_scores).astype(np.float32)
     classes = np.concatenate(all_classes).astype(np.int64)
-    if meta["clip"]:
+    if p.clip:
         h, w = image_size
-        if meta["clip"] == "image_minus_one":
+        if p.clip == "image_minus_one":
             h, w = h - 1, w - 1
         boxes = np.minimum(np.maximum(boxes, 0), np.array([w, h, w, h], dtype=np.float32))
-    nms_boxes = boxes + np.array([0, 0, 1, 1], np.float32) if meta["nms_plus_one"] else boxes
-    keep = nms_per_class(nms_boxes, scores, classes, meta["nms_thresh"])[: meta["max_detections"]]
+    nms_boxes = boxes + np.array([0, 0, 1, 1], np.float32) if p.nms_plus_one else boxes
+    keep = nms_per_class(nms_boxes, scores, classes, p.nms_thresh)[: p.max_detections]
     return boxes[keep], scores[keep], classes[keep]
+
+
+def _openvino_precision(compiled: Any) -> str:
+    """The inference precision a compiled OpenVINO model runs in: "f32", "bf16", ..."""
+    value = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    names = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16",
+             "float16": "f16", "f16": "f16"}  # fmt: skip
+    for key, name in names.items():
+        if key in value.lower():
+            return name
+    return value
 
 
 class ExportedPredictor:
@@ -229,8 +195,11 @@ class ExportedPredictor:
         model_path: ``model.onnx`` / ``model_network.onnx`` written by tools/export_model.py
             (its ``.json`` beside it).
         runtime: "onnxruntime" or "openvino".
-        precision: OpenVINO's inference precision, "f32" or "bf16" (OpenVINO's own default
-            on CPUs with AVX512-BF16 or AMX is bf16); ONNX Runtime runs fp32.
+        precision: OpenVINO's inference precision, "f32", "bf16" or "auto" (bf16 where
+            the device executes it natively, as OpenVINO reports in its
+            OPTIMIZATION_CAPABILITIES, else f32); ONNX Runtime runs fp32. Where OpenVINO
+            runs another precision than asked (bf16 on a CPU without native bf16 falls back
+            to f32), a warning says so; :attr:`precision` is the one it runs.
         device: OpenVINO device ("CPU", "GPU"); ONNX Runtime uses CUDA when its GPU package
             and a GPU are present, else the CPU.
         num_threads: threads of the runtime (None: its default).
@@ -246,14 +215,20 @@ class ExportedPredictor:
     ):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if precision not in ("f32", "bf16"):
-            raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
-        if runtime == "onnxruntime" and precision != "f32":
+        if precision not in ("f32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'f32', 'bf16' or 'auto', got {precision!r}")
+        if runtime == "onnxruntime" and precision == "bf16":
             raise ValueError("ONNX Runtime runs fp32 here; use runtime='openvino' for bf16")
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"exported model not found: {model_path}")
         self.meta = load_metadata(model_path)
+        #: The exported model's post-processing settings.
+        self.postprocessing = PostProcessing.from_dict(
+            self.meta.get("postprocessing", self.meta)  # format 1 kept them at the top level
+        )
         self.runtime = runtime
+        #: The precision the runtime runs in ("f32" or "bf16").
+        self.precision = "f32"
         if runtime == "onnxruntime":
             import onnxruntime as ort
 
@@ -269,10 +244,21 @@ class ExportedPredictor:
             import openvino as ov
 
             core = ov.Core()
+            if precision == "auto":
+                native = "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+                precision = "bf16" if native else "f32"
             config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
             if num_threads:
                 config["INFERENCE_NUM_THREADS"] = num_threads
             self._compiled = core.compile_model(core.read_model(model_path), device, config)
+            self.precision = _openvino_precision(self._compiled)
+            if self.precision != precision:
+                warnings.warn(
+                    f"OpenVINO runs {model_path} in {self.precision}, not {precision}: this "
+                    f"{device} has no native {precision} (OPTIMIZATION_CAPABILITIES "
+                    f"{core.get_property(device, 'OPTIMIZATION_CAPABILITIES')})",
+                    stacklevel=2,
+                )
 
     def _run(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         if self.runtime == "onnxruntime":
@@ -317,11 +303,8 @@ class ExportedPredictor:
             return {"boxes": boxes[:n], "scores": scores[:n], "classes": classes[:n]}
         outputs = self._run([image])
         levels = [tuple(outputs[i : i + 3]) for i in range(0, len(outputs), 3)]
-        boxes, scores, classes = postprocess(levels, (h, w), self.meta)
-        # Detectron2's detector_postprocess: rescale, clip, drop empty boxes.
-        boxes = boxes * np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
-        boxes = np.minimum(np.maximum(boxes, 0), np.array([ow, oh, ow, oh], dtype=np.float32))
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, classes = postprocess(levels, (h, w), self.postprocessing)
+        boxes, keep = to_original_size(boxes, (h, w), (oh, ow))
         return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]}
 
     def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:

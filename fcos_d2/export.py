@@ -33,11 +33,16 @@ from detectron2.config import CfgNode
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .modeling.fast import freeze_folded_convs
+from .modeling.fusion import to_plain_convs
 from .modeling.inference import fcos_postprocess
 from .modeling.locations import compute_locations
 from .modeling.meta_arch import FCOS, cat_levels
-from .modeling.nms import decompose_batched_nms_mask, onnx_batched_nms_mask
+from .modeling.nms import (
+    decompose_batched_nms_mask,
+    onnx_batched_nms_mask,
+    register_nms_fake_for_export,
+)
+from .postprocess import to_original_size
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -65,7 +70,8 @@ class ExportableFCOSNetwork(nn.Module):
         model = copy.deepcopy(model).float().eval()
         # Contiguous (NCHW) weights: the exported graph's layout is the runtime's choice.
         model.to(memory_format=torch.contiguous_format)
-        freeze_folded_convs(model.backbone)
+        to_plain_convs(model.backbone)  # FrozenBatchNorm folded into plain convolutions
+        model.fuse()  # the head's BatchNorm (FCOS-RT) likewise
         self.backbone = model.backbone
         self.head = model.head
         self.requires_grad_(False)  # the exported programs return plain (no-grad) tensors
@@ -110,36 +116,28 @@ class ExportableFCOS(nn.Module):
     def __init__(self, model: FCOS):
         super().__init__()
         self.network = ExportableFCOSNetwork(model)
-        self.strides = list(model.strides)
-        self.location_offset = model.location_offset
-        self.location_stride = model.location_stride
-        self.inference_kwargs = dict(model.inference_kwargs)
+        self.postprocessing = model.postprocessing
 
     def forward(
         self, image: Tensor, original_size: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         logits, box_reg, centerness = self.network.predictions(image)
+        p = self.postprocessing
         height, width = image.shape[1], image.shape[2]
         shapes = [tuple(x.shape[-2:]) for x in logits]
-        padded = (logits[0].shape[-2] * self.strides[0], logits[0].shape[-1] * self.strides[0])
+        padded = (logits[0].shape[-2] * p.strides[0], logits[0].shape[-1] * p.strides[0])
         locations = compute_locations(
-            shapes, self.strides, self.location_offset, image.device,
-            mode=self.location_stride, padded_size=padded,
+            shapes, p.strides, p.location_offset, image.device,
+            mode=p.location_stride, padded_size=padded,
         )  # fmt: skip
         size = torch.stack((image.new_ones(()) * height, image.new_ones(()) * width))
         det = fcos_postprocess(
             cat_levels(logits), cat_levels(box_reg), cat_levels(centerness).squeeze(2),
-            torch.cat(locations), [h * w for h, w in shapes], size[None],
-            **self.inference_kwargs,
+            torch.cat(locations), [h * w for h, w in shapes], size[None], p,
         )  # fmt: skip
         boxes, scores, classes, valid = (t[0] for t in det)
-        # detector_postprocess: scale to the original size, clip to it, drop empty boxes.
-        original = original_size.to(boxes.dtype)
-        scale = original / size
-        boxes = boxes * torch.stack((scale[1], scale[0], scale[1], scale[0]))
-        limit = torch.stack((original[1], original[0], original[1], original[0]))
-        boxes = torch.minimum(boxes.clamp(min=0), limit)
-        valid = valid & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, nonempty = to_original_size(boxes, size, original_size.to(boxes.dtype))
+        valid = valid & nonempty
         # Valid rows first, in their (decreasing score) order: distinct keys, one top-k.
         d = valid.shape[0]
         rank = torch.arange(d, 0, -1, device=valid.device, dtype=torch.float32)
@@ -158,7 +156,7 @@ def check_exportable(cfg: CfgNode, fmt: str = "onnx") -> None:
             "deformable convolution (MODEL.RESNETS.DEFORM_ON_PER_STAGE / "
             "MODEL.FCOS.USE_DEFORMABLE) has no ONNX export here; use --format torch_export"
         )
-    if f.INFERENCE_PRECISION not in ("", "fp32", "float32"):
+    if f.INFERENCE_PRECISION not in ("", "fp32", "float32", "auto"):
         raise ValueError(
             f"MODEL.FCOS.INFERENCE_PRECISION {f.INFERENCE_PRECISION!r}: export writes fp32 "
             "models; choose the runtime's precision instead (e.g. OpenVINO bf16)"
@@ -172,28 +170,18 @@ def check_exportable(cfg: CfgNode, fmt: str = "onnx") -> None:
 
 
 def deploy_metadata(cfg: CfgNode, model: FCOS, network_only: bool) -> Dict[str, Any]:
-    """What a runtime needs besides the model file (see fcos_d2/deploy.py)."""
-    inference = dict(model.inference_kwargs)
+    """What a runtime needs besides the model file (see fcos_d2/deploy.py): the input's
+    resize and channel order, and the post-processing (:class:`PostProcessing`)."""
     return {
-        "format_version": 1,
+        "format_version": 2,
         "network_only": network_only,
         "min_side": MIN_SIDE,
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
         "num_classes": int(model.num_classes),
-        "strides": [int(s) for s in model.strides],
         "size_divisibility": int(model.backbone.size_divisibility),
-        "location_offset": float(model.location_offset),
-        "location_stride": model.location_stride,
-        "score_thresh": float(inference["score_thresh"]),
-        "topk_candidates": int(inference["topk_candidates"]),
-        "nms_thresh": float(inference["nms_thresh"]),
-        "max_detections": int(inference["max_detections"]),
-        "thresh_with_centerness": bool(inference["thresh_with_centerness"]),
-        "sqrt_score": bool(inference["sqrt_score"]),
-        "clip": inference["clip"],
-        "nms_plus_one": bool(inference["nms_plus_one"]),
+        "postprocessing": model.postprocessing.to_dict(),
     }
 
 
@@ -229,6 +217,7 @@ def export_model(
     if network_only and fmt != "onnx":
         raise ValueError("--network-only exports ONNX only")
     check_exportable(cfg, fmt)
+    register_nms_fake_for_export()
     os.makedirs(output, exist_ok=True)
     image, original = _sample_inputs(*sample_size)
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)

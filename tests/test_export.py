@@ -21,14 +21,13 @@ from torchvision.ops import batched_nms
 import fcos_d2
 from fcos_d2.deploy import (
     ExportedPredictor,
-    bilinear_taps,
     nms_per_class,
     postprocess,
-    resize_bilinear,
     resize_shortest_edge,
 )
 from fcos_d2.errors import InputError
 from fcos_d2.export import compare_with_eager, exported_runners
+from fcos_d2.postprocess import PostProcessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -162,7 +161,8 @@ def test_metadata_and_outputs_are_documented_shapes(exported):
     with open(os.path.splitext(path)[0] + ".json") as f:
         meta = json.load(f)
     assert meta["network_only"] is False and meta["num_classes"] == 5
-    assert meta["min_size_test"] == 352 and meta["strides"] == [8, 16, 32, 64, 128]
+    assert meta["min_size_test"] == 352
+    assert meta["postprocessing"]["strides"] == [8, 16, 32, 64, 128]
     session = ort.InferenceSession(path)
     assert [i.name for i in session.get_inputs()] == ["image", "original_size"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "classes", "count"]
@@ -244,44 +244,6 @@ def test_resize_matches_detectron2_output_size(h, w):
     assert resize_shortest_edge(image, 352, 512).shape[:2] == expected
 
 
-def test_bilinear_taps_by_hand():
-    # Shrinking 4 -> 2 (Pillow's bilinear): the triangle filter is widened by the scale, 2.
-    # Output 0 is centred at 1.0; sources 0, 1, 2 (centres 0.5, 1.5, 2.5) lie at scaled
-    # distances 0.25, 0.25, 0.75, so weigh 0.75, 0.75, 0.25, normalised 3/7, 3/7, 1/7;
-    # output 1 (centre 3.0) mirrors it on sources 1, 2, 3.
-    index, weights = bilinear_taps(4, 2)
-    one = 2**22
-    want = np.round(np.array([[3, 3, 1, 0, 0], [1, 3, 3, 0, 0]]) / 7 * one)
-    assert np.array_equal(weights, want)
-    assert np.array_equal(index[:, :3], [[0, 1, 2], [1, 2, 3]])
-    # Enlarging 2 -> 4: plain linear interpolation between pixel centres, edges clamped.
-    index, weights = bilinear_taps(2, 4)
-    dense = np.zeros((4, 2))
-    np.add.at(dense, (np.repeat(np.arange(4), index.shape[1]), index.ravel()), weights.ravel())
-    assert np.allclose(dense / one, [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]], atol=1e-6)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_resize_bilinear_equals_pillow(seed):
-    # Bit-exact against Pillow (the resize of Detectron2's ResizeTransform for uint8
-    # images), enlarging and shrinking each axis by odd factors, noise and smooth images.
-    from PIL import Image
-
-    g = np.random.default_rng(seed)
-    for _ in range(25):
-        h, w = (int(v) for v in g.integers(1, 400, 2))
-        new_h, new_w = (int(v) for v in g.integers(1, 500, 2))
-        if seed % 2:
-            image = g.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        else:
-            yy, xx = np.mgrid[:h, :w]
-            image = np.stack([yy * 7 + xx * 3, xx * xx // 5, (yy - xx) * 11], -1) % 256
-            image = image.astype(np.uint8)
-        want = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-        got = resize_bilinear(image, new_h, new_w)
-        assert got.dtype == np.uint8 and np.array_equal(got, want), (h, w, new_h, new_w)
-
-
 @pytest.mark.parametrize("h,w", [(300, 500), (1000, 700), (97, 1500), (352, 352)])
 def test_resize_equals_detectron2_pixels(h, w):
     image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -309,7 +271,7 @@ def test_numpy_postprocess_with_no_candidates():
             "nms_thresh": 0.6, "max_detections": 100}  # fmt: skip
     levels = [(np.full((3, 4, 6), -10.0), np.ones((4, 4, 6)), np.zeros((1, 4, 6))),
               (np.full((3, 2, 3), -10.0), np.ones((4, 2, 3)), np.zeros((1, 2, 3)))]  # fmt: skip
-    boxes, scores, classes = postprocess(levels, (30, 44), meta)
+    boxes, scores, classes = postprocess(levels, (30, 44), PostProcessing.from_dict(meta))
     assert boxes.shape == (0, 4) and len(scores) == 0 and len(classes) == 0
 
 

@@ -63,9 +63,13 @@ def test_head_batchnorm_folded_at_inference_equals_unfolded(use_deformable):
     hooks = [m.register_forward_hook(lambda *a: calls.append(1))
              for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
     with torch.no_grad():
+        plain = head(feats)  # not fused yet: fusion is a step (FCOS.fuse runs it)
+        assert len(calls) == 2 * 2 * 3  # 2 towers x 2 norms x 3 levels
+        calls.clear()
+        head.fuse()
         folded = head(feats)
         assert calls == []  # no BatchNorm ran: folded into the convolutions
-        head.fold_bn = False
+        head.unfuse()
         plain = head(feats)
         assert len(calls) == 2 * 2 * 3  # 2 towers x 2 norms x 3 levels
     for hook in hooks:

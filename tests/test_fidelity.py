@@ -463,7 +463,7 @@ def test_detections_match_the_reference(models, config):
     (logits, box_reg, ctr), _ = inference_inputs()
     for x in logits:
         x.add_(1.2)  # enough candidates above 0.05
-    rules = dict(RULES[config], sqrt=models[config].inference_kwargs["sqrt_score"])
+    rules = dict(RULES[config], sqrt=models[config].postprocessing.sqrt_score)
     ours = fcos_d2_detections(models[config], (logits, box_reg, ctr), INF_SIZES)
     ref = ref_detections(rules, logits, box_reg, ctr, INF_SIZES)
     for got, want in zip(ours, ref):

@@ -473,10 +473,10 @@ def test_coco_evaluator_fast_backend_gives_pycocotools_results(tmp_path):
     """The COCOeval that Trainer.build_evaluator uses (compat) against pycocotools."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
-    from detectron2.evaluation import COCOEvaluator
     from detectron2.structures import Boxes, Instances
 
     from fcos_d2 import compat
+    from fcos_d2.evaluation import PRCurveCOCOEvaluator
 
     rng = np.random.default_rng(0)
     images, annos, outputs = [], [], []
@@ -508,10 +508,11 @@ def test_coco_evaluator_fast_backend_gives_pycocotools_results(tmp_path):
     register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
     try:
         DatasetCatalog.get(name)  # sets the class names and id mapping of the metadata
-        assert compat.use_fast_cocoeval(), "no fast COCOeval: tools/setup_env.sh installs one"
+        assert compat.fast_cocoeval_class(), "no fast COCOeval: tools/setup_env.sh installs one"
         results = {}
         for fast in (False, True):
-            evaluator = COCOEvaluator(name, output_dir=None, use_fast_impl=fast)
+            evaluator = PRCurveCOCOEvaluator(name, output_dir=None, use_fast_impl=fast)
+            assert evaluator._use_fast_impl is fast
             evaluator.reset()
             for inp, out in outputs:
                 evaluator.process([inp], [out])

@@ -25,13 +25,12 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.evaluation import COCOEvaluator  # noqa: E402
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA  # noqa: E402
 
 import fcos_d2  # noqa: E402
-from fcos_d2 import compat  # noqa: E402
 from fcos_d2.data.checks import CheckedDatasetMapper  # noqa: E402
 from fcos_d2.engine import FCOSCheckpointer, Trainer  # noqa: E402
+from fcos_d2.evaluation import PRCurveCOCOEvaluator  # noqa: E402
 from fcos_d2.modeling.tta import FCOSWithTTA  # noqa: E402
 
 
@@ -89,8 +88,7 @@ def main(argv=None) -> dict:
             original_mapper,
         ),  # fmt: skip
     }
-    use_fast = compat.use_fast_cocoeval()
-    evaluators = {k: COCOEvaluator(name, output_dir=None, use_fast_impl=use_fast) for k in settings}
+    evaluators = {k: PRCurveCOCOEvaluator(name, output_dir=None) for k in settings}
     seconds = {k: 0.0 for k in settings}
     for e in evaluators.values():
         e.reset()

@@ -26,8 +26,9 @@ def build_evaluator(
     """
     The evaluator of ``dataset_name`` from ``MetadataCatalog.get(dataset_name).evaluator_type``:
 
-    - "coco": COCOEvaluator (a fast COCOeval where one exists, see compat.use_fast_cocoeval),
-      which also draws precision-recall curves into ``output_folder`` (PRCurveCOCOEvaluator);
+    - "coco": COCOEvaluator with the fastest COCOeval there is (chosen per evaluator, see
+      compat.fast_cocoeval_class), which also draws precision-recall curves into
+      ``output_folder`` (PRCurveCOCOEvaluator);
     - "lvis": Detectron2's LVISEvaluator (needs the ``lvis`` package);
     - "pascal_voc": Detectron2's PascalVOCDetectionEvaluator (metadata "dirname", "split"
       and "year", as ``register_pascal_voc`` sets them; prints VOC AP, AP50, AP75);
@@ -41,9 +42,7 @@ def build_evaluator(
         logger.info("Dataset '%s' has no evaluator_type: evaluating it as COCO", dataset_name)
         evaluator_type = "coco"
     if evaluator_type == "coco":
-        return PRCurveCOCOEvaluator(
-            dataset_name, output_dir=output_folder, use_fast_impl=compat.use_fast_cocoeval()
-        )
+        return PRCurveCOCOEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "lvis":
         compat.import_lvis()
         return LVISEvaluator(dataset_name, output_dir=output_folder)

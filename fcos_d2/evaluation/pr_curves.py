@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from detectron2.evaluation import COCOEvaluator
 
+from .. import compat
+
 __all__ = ["PR_CURVES_FILE", "PRCurveCOCOEvaluator", "plot_pr_curves", "pr_curves_at"]
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,20 @@ class PRCurveCOCOEvaluator(COCOEvaluator):
     Detectron2's COCOEvaluator that also draws the precision-recall curves (IoU 0.5 and
     0.75, per class and overall, all areas, 100 detections) of each task it evaluates into
     ``<output_dir>/pr_curves_<task>.png``, beside ``coco_instances_results.json``.
+
+    With ``use_fast_impl`` (the default) it evaluates with the fastest COCOeval there is
+    (:func:`fcos_d2.compat.fast_cocoeval_class`: Detectron2's C++ one, else
+    ``faster_coco_eval``'s), chosen per evaluator; without one, with pycocotools.
     """
+
+    def __init__(self, dataset_name: str, *args, use_fast_impl: bool = True, **kwargs):
+        self._fast_cocoeval = compat.fast_cocoeval_class() if use_fast_impl else None
+        use_fast = self._fast_cocoeval is not None
+        super().__init__(dataset_name, *args, use_fast_impl=use_fast, **kwargs)
+
+    def _eval_predictions(self, *args, **kwargs):
+        with compat.cocoeval_fast_path(self._fast_cocoeval if self._use_fast_impl else None):
+            return super()._eval_predictions(*args, **kwargs)
 
     def _derive_coco_results(self, coco_eval, iou_type: str, class_names=None):
         # Called on the main process with the accumulated COCOeval (None: no predictions);

@@ -7,7 +7,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..registry import BACKBONE_NAME, register_as
 from .deform import use_deform_conv_fallback
-from .fast import fold_frozen_batchnorm
+from .fusion import fold_frozen_batchnorm
 
 __all__ = ["build_fcos_resnet_fpn_backbone"]
 
@@ -22,7 +22,7 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
     Output features p3..p7 with strides 8..128 (for FPN.IN_FEATURES = res3, res4, res5).
     With ``cfg.MODEL.FCOS.FOLD_FROZEN_BN``, each conv + FrozenBatchNorm2d of the ResNet runs
-    as one convolution (same parameters and outputs, see fast.py). Without p6/p7 in
+    as one convolution (same parameters and outputs, see fusion.py). Without p6/p7 in
     ``cfg.MODEL.FCOS.IN_FEATURES`` the P6/P7 block is left out. Deformable convolutions
     (``cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE``) run with torchvision's op where Detectron2's
     compiled one is unavailable (see deform.py).

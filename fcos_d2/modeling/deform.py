@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchvision.ops import deform_conv2d
 
 from .. import compat
+from .fusion import derive_module, replace_modules
 
 __all__ = [
     "DeformConvFallback",
@@ -124,18 +125,16 @@ class ModulatedDeformConvFallback(ModulatedDeformConv):
 
 def use_deform_conv_fallback(module: nn.Module) -> int:
     """
-    Turn every Detectron2 ``DeformConv`` / ``ModulatedDeformConv`` inside ``module`` into
-    its fallback class (in place; same parameters). Returns how many.
+    Replace every Detectron2 ``DeformConv`` / ``ModulatedDeformConv`` inside ``module`` by its
+    fallback (a new module with the same parameters; in place). Returns how many.
     """
-    count = 0
-    for m in module.modules():
-        if type(m) is DeformConv:
-            m.__class__ = DeformConvFallback
-            count += 1
-        elif type(m) is ModulatedDeformConv:
-            m.__class__ = ModulatedDeformConvFallback
-            count += 1
-    return count
+    fallbacks = {DeformConv: DeformConvFallback, ModulatedDeformConv: ModulatedDeformConvFallback}
+
+    def fn(m: nn.Module) -> Optional[nn.Module]:
+        cls = fallbacks.get(type(m))
+        return derive_module(cls, m) if cls is not None else None
+
+    return replace_modules(module, fn)
 
 
 class DeformableConv2d(nn.Module):

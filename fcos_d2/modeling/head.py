@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .deform import DeformableConv2d
-from .fast import run_tower_bn_folded
+from .fusion import fused_tower_weights
 
 __all__ = ["FCOS_HEAD_REGISTRY", "FCOSHead", "Scale", "build_fcos_head"]
 
@@ -78,8 +78,9 @@ class FCOSHead(nn.Module):
                 classification tower.
             use_deformable: the last conv of each tower is a DCNv2 layer
                 (:class:`DeformableConv2d`), as AdelaiDet's USE_DEFORMABLE.
-            fold_bn: at inference, compute each tower conv + BatchNorm ("BN"/"SyncBN" norm)
-                as one convolution with the level's statistics folded in.
+            fold_bn: with a "BN"/"SyncBN" norm, :meth:`fuse` folds each level's statistics
+                into the tower convs, so that inference computes conv + norm as one
+                convolution.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -91,7 +92,7 @@ class FCOSHead(nn.Module):
         self.norm_reg_targets = norm_reg_targets
         self.centerness_on_reg = centerness_on_reg
         self.fold_bn = fold_bn and norm in ("BN", "SyncBN")
-        self._fold_cache: dict = {}
+        self.fused = False
         num_levels = len(input_shape)
 
         def tower() -> nn.Sequential:
@@ -119,6 +120,62 @@ class FCOSHead(nn.Module):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.register_load_state_dict_post_hook(lambda module, _: module.unfuse())
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """
+        With ``fold_bn``: store, for every level, each tower conv's weight and bias with the
+        level's BatchNorm (running statistics) folded in, for inference; the eval-mode
+        forward then runs each conv + norm as one convolution. Without it, nothing.
+        """
+        if not self.fold_bn or self.fused:
+            return
+        for tower_name in ("cls_tower", "bbox_tower"):
+            tower = getattr(self, tower_name)
+            for level in range(len(self.strides)):
+                for i, wb in enumerate(fused_tower_weights(tower, level)):
+                    if wb is not None:
+                        for suffix, t in zip(("w", "b"), wb):
+                            name = f"fused_{tower_name}_{i}_{level}_{suffix}"
+                            self.register_buffer(name, t, persistent=False)
+        self.fused = True
+
+    def unfuse(self) -> None:
+        """Drop what :meth:`fuse` stored."""
+        for name in [n for n in self._buffers if n.startswith("fused_")]:
+            del self._buffers[name]
+            self._non_persistent_buffers_set.discard(name)
+        self.fused = False
+
+    def train(self, mode: bool = True) -> "FCOSHead":
+        if mode:
+            self.unfuse()
+        return super().train(mode)
+
+    def _tower(self, name: str, x: Tensor, level: int) -> Tensor:
+        """A tower on one level's features: as built, or (fused, eval mode) with each
+        conv + norm as one convolution; the norms' cycling position is then not touched."""
+        tower = getattr(self, name)
+        if not (self.fused and not self.training):
+            return tower(x)
+        layers = list(tower)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            weight = self._buffers.get(f"fused_{name}_{i}_{level}_w")
+            if weight is None:
+                x = layer(x)
+                i += 1
+                continue
+            bias = self._buffers[f"fused_{name}_{i}_{level}_b"]
+            if isinstance(layer, DeformableConv2d):
+                x = layer(x, weight, bias)
+            else:
+                x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation,
+                             layer.groups)  # fmt: skip
+            i += 2  # the norm is folded in
+        return x
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -149,14 +206,9 @@ class FCOSHead(nn.Module):
         if len(features) != len(self.strides):
             raise ValueError(f"FCOSHead expects {len(self.strides)} levels, got {len(features)}")
         logits, box_reg, centerness = [], [], []
-        fold = self.fold_bn and not self.training
         for level, feature in enumerate(features):
-            if fold:
-                cls_feat = run_tower_bn_folded(self.cls_tower, feature, level, self._fold_cache)
-                reg_feat = run_tower_bn_folded(self.bbox_tower, feature, level, self._fold_cache)
-            else:
-                cls_feat = self.cls_tower(feature)
-                reg_feat = self.bbox_tower(feature)
+            cls_feat = self._tower("cls_tower", feature, level)
+            reg_feat = self._tower("bbox_tower", feature, level)
             logits.append(self.cls_logits(cls_feat))
             centerness.append(self.centerness(reg_feat if self.centerness_on_reg else cls_feat))
             reg = self.bbox_pred(reg_feat).float()

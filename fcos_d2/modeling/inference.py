@@ -6,13 +6,13 @@ data-dependent selection, NMS as a keep mask), used by eager inference and by ev
 export format alike; :func:`fcos_inference` turns its padded output into Instances.
 """
 
-from typing import List, NamedTuple, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 
-from ..config import check_choice
+from ..postprocess import CLIP_BOXES, PostProcessing
 from .nms import batched_nms_mask
 
 __all__ = [
@@ -24,10 +24,6 @@ __all__ = [
     "fcos_postprocess",
 ]
 
-#: Where boxes are clipped before NMS (MODEL.FCOS.CLIP_BOXES_TEST): "image" ([0, w] x [0, h]),
-#: "image_minus_one" ([0, w - 1] x [0, h - 1], maskrcnn-benchmark) or "" (not before NMS).
-CLIP_BOXES = ("image", "image_minus_one", "")
-
 
 def decode_boxes(locations: Tensor, ltrb: Tensor) -> Tensor:
     """(..., 2) points and (..., 4) distances (l, t, r, b) -> (..., 4) boxes (x0, y0, x1, y1)."""
@@ -37,7 +33,8 @@ def decode_boxes(locations: Tensor, ltrb: Tensor) -> Tensor:
 def clip_boxes(boxes: Tensor, sizes: Tensor, mode: str = "image") -> Tensor:
     """(..., 4) boxes clipped to the image sizes (h, w), (..., 2) broadcastable, as ``mode``
     says (CLIP_BOXES)."""
-    check_choice("CLIP_BOXES_TEST", mode, CLIP_BOXES)
+    if mode not in CLIP_BOXES:
+        raise ValueError(f"MODEL.FCOS.CLIP_BOXES_TEST must be one of {CLIP_BOXES}, got {mode!r}")
     if mode == "":
         return boxes
     if mode == "image_minus_one":
@@ -67,15 +64,8 @@ def fcos_postprocess(
     locations: Tensor,
     level_sizes: Sequence[int],
     image_sizes: Tensor,
-    *,
-    score_thresh: float = 0.05,
-    topk_candidates: int = 1000,
-    nms_thresh: float = 0.6,
-    max_detections: int = 100,
-    thresh_with_centerness: bool = False,
-    sqrt_score: bool = False,
-    clip: str = "image",
-    nms_plus_one: bool = False,
+    settings: Optional[PostProcessing] = None,
+    **overrides: Any,
 ) -> Detections:
     """
     Detections of a batch, with static shapes throughout (exportable).
@@ -86,22 +76,28 @@ def fcos_postprocess(
         locations: (L, 2) image coordinates of the locations, level after level.
         level_sizes: number of locations of each level (H_i * W_i), summing to L.
         image_sizes: (N, 2) (h, w) of each image (boxes are clipped to it as ``clip`` says).
-        score_thresh: a candidate needs class prob (or, with thresh_with_centerness, the
-            final score) above it.
-        topk_candidates: candidates kept per level and image before NMS.
-        nms_thresh: IoU threshold of the class-aware NMS.
-        max_detections: detections kept per image (D).
-        sqrt_score: report sqrt(class prob x centerness) instead of the product.
-        clip: how boxes are clipped before NMS, see :func:`clip_boxes`.
-        nms_plus_one: NMS with the legacy IoU of Detectron1 / maskrcnn-benchmark, whose
-            widths and heights are x1 - x0 + 1 and y1 - y0 + 1.
+        settings: the post-processing (:class:`~fcos_d2.postprocess.PostProcessing`; its
+            defaults when None), with ``overrides`` of its fields (e.g. ``score_thresh=0.1``):
+            score_thresh: a candidate needs class prob (or, with thresh_with_centerness,
+            the final score) above it; topk_candidates: candidates kept per level and image
+            before NMS; nms_thresh: IoU threshold of the class-aware NMS; max_detections:
+            detections kept per image (D); sqrt_score: report sqrt(class prob x
+            centerness) instead of the product; clip: how boxes are clipped before NMS,
+            see :func:`clip_boxes`; nms_plus_one: NMS with the legacy IoU of Detectron1 /
+            maskrcnn-benchmark, whose widths and heights are x1 - x0 + 1 and y1 - y0 + 1.
     """
+    p = settings if settings is not None else PostProcessing()
+    if overrides:
+        p = p.replace(**overrides)
+    score_thresh, topk_candidates, max_detections = (
+        p.score_thresh, p.topk_candidates, p.max_detections
+    )
     n, _, num_classes = logits.shape
     cls_prob = logits.float().sigmoid()
     scores = cls_prob * centerness.float().sigmoid()[..., None]
-    if sqrt_score:
+    if p.sqrt_score:
         scores = scores.sqrt()
-    passed = (scores if thresh_with_centerness else cls_prob) > score_thresh
+    passed = (scores if p.thresh_with_centerness else cls_prob) > score_thresh
     masked = torch.where(passed, scores, -1.0)  # scores are >= 0: -1 marks "not a candidate"
 
     # Per level: the top-k of its (location, class) pairs. k entries of -1 are appended so
@@ -124,14 +120,14 @@ def fcos_postprocess(
     cls = flat - loc * num_classes
 
     boxes = decode_boxes(locations[loc], _gather_rows(box_reg.float(), loc))  # (N, K, 4)
-    boxes = clip_boxes(boxes, image_sizes.to(boxes.dtype)[:, None, :], clip)
+    boxes = clip_boxes(boxes, image_sizes.to(boxes.dtype)[:, None, :], p.clip)
 
     # The +1 IoU of two boxes is the plain IoU of the boxes grown by 1 at x1 and y1.
-    nms_boxes = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0]) if nms_plus_one else boxes
+    nms_boxes = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0]) if p.nms_plus_one else boxes
     groups = torch.arange(n, device=cls.device)[:, None] * num_classes + cls  # (image, class)
     kept = batched_nms_mask(
         nms_boxes.reshape(-1, 4), cand_scores.reshape(-1), groups.reshape(-1),
-        valid.reshape(-1), float(nms_thresh), n * num_classes,
+        valid.reshape(-1), float(p.nms_thresh), n * num_classes,
     ).reshape(valid.shape)  # fmt: skip
 
     final = torch.where(kept, cand_scores, -1.0)
@@ -155,15 +151,18 @@ def fcos_inference(
     locations: Tensor,
     level_sizes: Sequence[int],
     image_sizes: Union[Sequence[Tuple[int, int]], Tensor],
-    **kwargs,
+    settings: Optional[PostProcessing] = None,
+    **overrides: Any,
 ) -> List[Instances]:
     """
-    :func:`fcos_postprocess` (same arguments and keyword arguments; ``image_sizes`` may be
-    a list of (h, w)) as one Instances per image with ``pred_boxes``, ``scores`` and
-    ``pred_classes``, in decreasing score order.
+    :func:`fcos_postprocess` (same arguments; ``image_sizes`` may be a list of (h, w)) as
+    one Instances per image with ``pred_boxes``, ``scores`` and ``pred_classes``, in
+    decreasing score order.
     """
     sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=logits.device).reshape(-1, 2)
-    det = fcos_postprocess(logits, box_reg, centerness, locations, level_sizes, sizes, **kwargs)
+    det = fcos_postprocess(
+        logits, box_reg, centerness, locations, level_sizes, sizes, settings, **overrides
+    )
     results = []
     for i in range(logits.shape[0]):
         keep = det.valid[i]

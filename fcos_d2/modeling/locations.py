@@ -7,13 +7,9 @@ import torch
 from torch import Tensor
 
 from ..config import check_choice
+from ..postprocess import LOCATION_STRIDES
 
 __all__ = ["LOCATION_STRIDES", "compute_locations", "compute_locations_per_level"]
-
-#: Where the locations of a level sit (MODEL.FCOS.LOCATION_STRIDE): "level" (the level's
-#: stride, paper) or "padded_size_div_grid" (per axis, padded image size // grid size, as
-#: torchvision's AnchorGenerator places them).
-LOCATION_STRIDES = ("level", "padded_size_div_grid")
 
 
 def compute_locations_per_level(

@@ -10,13 +10,14 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from ..config import check_choice
+from ..postprocess import PostProcessing
 from ..registry import LEGACY_BACKBONE_NAME, META_ARCH_NAME, register_as, upgrade_legacy_names
 from .assigner import build_fcos_assigner
-from .fast import precision_dtype
 from .head import build_fcos_head
-from .inference import CLIP_BOXES, fcos_inference
-from .locations import LOCATION_STRIDES, compute_locations
+from .inference import fcos_inference
+from .locations import compute_locations
 from .losses import IOU_LOSS_SMOOTH, fcos_losses
+from .precision import precision_dtype, resolve_precision
 
 __all__ = ["FCOS", "cat_levels"]
 
@@ -48,22 +49,13 @@ class FCOS(DenseDetector):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         input_format: str = "BGR",
-        location_offset: float = 0.5,
-        location_stride: str = "level",
+        postprocessing: Optional[PostProcessing] = None,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         loc_loss_type: str = "iou",
         loc_loss_weight_by_centerness: bool = False,
         iou_loss_smooth: str = "",
         loss_weights: Optional[Dict[str, float]] = None,
-        score_thresh_test: float = 0.05,
-        thresh_with_centerness: bool = False,
-        topk_candidates_test: int = 1000,
-        nms_thresh_test: float = 0.6,
-        max_detections_per_image: int = 100,
-        sqrt_score: bool = False,
-        clip_boxes_test: str = "image",
-        nms_legacy_plus_one: bool = False,
         channels_last: bool = False,
         inference_precision: str = "",
         train_precision: str = "",
@@ -74,6 +66,12 @@ class FCOS(DenseDetector):
             backbone: returns the ``head_in_features`` maps.
             head: maps those features to (logits, box distances, centerness), see FCOSHead.
             assigner: callable(locations, strides, gt_instances) -> FCOSTargets.
+            postprocessing: locations and inference settings (the backbone's strides are
+                filled in); defaults of :class:`~fcos_d2.postprocess.PostProcessing` if None.
+            inference_precision, train_precision: resolved precision names ("", "bf16",
+                "fp16"; see precision.resolve_precision).
+            compile: run backbone and head through ``torch.compile`` (``nn.Module.compile``:
+                parameters, state dict and checkpoints stay those of the eager model).
             Other arguments: see ``fcos_d2/config.py`` for their meaning.
         """
         super().__init__(
@@ -84,11 +82,10 @@ class FCOS(DenseDetector):
         self.input_format = input_format
         shapes = backbone.output_shape()
         self.strides = [int(shapes[f].stride) for f in self.head_in_features]
-        self.location_offset = location_offset
-        check_choice("LOCATION_STRIDE", location_stride, LOCATION_STRIDES)
+        self.postprocessing = (postprocessing or PostProcessing()).replace(
+            strides=tuple(self.strides)
+        )
         check_choice("IOU_LOSS_SMOOTH", iou_loss_smooth, IOU_LOSS_SMOOTH)
-        check_choice("CLIP_BOXES_TEST", clip_boxes_test, CLIP_BOXES)
-        self.location_stride = location_stride
         self.iou_loss_smooth = iou_loss_smooth
         self.loss_kwargs = dict(
             num_classes=num_classes,
@@ -104,19 +101,37 @@ class FCOS(DenseDetector):
         self.inference_precision = inference_precision
         self.train_precision = train_precision
         precision_dtype(inference_precision, "cuda")  # validate the names early
-        precision_dtype(train_precision, "cuda")
-        self.compile = compile
-        self._compiled = False
-        self.inference_kwargs = dict(
-            score_thresh=score_thresh_test,
-            topk_candidates=topk_candidates_test,
-            nms_thresh=nms_thresh_test,
-            max_detections=max_detections_per_image,
-            thresh_with_centerness=thresh_with_centerness,
-            sqrt_score=sqrt_score,
-            clip=clip_boxes_test,
-            nms_plus_one=nms_legacy_plus_one,
-        )
+        precision_dtype(train_precision, "cuda", "SOLVER.AMP.CPU_PRECISION")
+        if compile:
+            self.backbone.compile()
+            self.head.compile()
+
+    @property
+    def location_offset(self) -> float:
+        return self.postprocessing.location_offset
+
+    @property
+    def location_stride(self) -> str:
+        return self.postprocessing.location_stride
+
+    def fuse(self) -> "FCOS":
+        """
+        Fuse the norms into the convolutions for inference (fusion.py): every fusable module
+        (FrozenBNConv2d, the head with BatchNorm) stores its folded weights. Done by every
+        inference forward; undone by ``train()`` and by loading a state dict, or by
+        :meth:`unfuse` (needed after changing weights in place in eval mode).
+        """
+        for m in self.modules():
+            if m is not self and hasattr(m, "fuse") and hasattr(m, "unfuse"):
+                m.fuse()  # idempotent: nothing to do where fused already
+        return self
+
+    def unfuse(self) -> "FCOS":
+        """Drop what :meth:`fuse` stored."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "unfuse"):
+                m.unfuse()
+        return self
 
     @classmethod
     def from_config(cls, cfg):
@@ -133,6 +148,7 @@ class FCOS(DenseDetector):
             )
         head = build_fcos_head(cfg, [shapes[f] for f in cfg.MODEL.FCOS.IN_FEATURES])
         f = cfg.MODEL.FCOS
+        device = torch.device(cfg.MODEL.DEVICE)
         return {
             "backbone": backbone,
             "head": head,
@@ -142,8 +158,7 @@ class FCOS(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
-            "location_offset": f.LOCATION_OFFSET,
-            "location_stride": f.LOCATION_STRIDE,
+            "postprocessing": PostProcessing.from_config(cfg, ()),
             "focal_loss_alpha": f.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": f.FOCAL_LOSS_GAMMA,
             "loc_loss_type": f.LOC_LOSS_TYPE,
@@ -154,35 +169,27 @@ class FCOS(DenseDetector):
                 "loss_fcos_loc": f.LOSS_WEIGHT_LOC,
                 "loss_fcos_ctr": f.LOSS_WEIGHT_CTR,
             },
-            "score_thresh_test": f.SCORE_THRESH_TEST,
-            "thresh_with_centerness": f.THRESH_WITH_CENTERNESS,
-            "topk_candidates_test": f.TOPK_CANDIDATES_TEST,
-            "nms_thresh_test": f.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "sqrt_score": f.SQRT_SCORE,
-            "clip_boxes_test": f.CLIP_BOXES_TEST,
-            "nms_legacy_plus_one": f.NMS_LEGACY_PLUS_ONE,
             "channels_last": f.CHANNELS_LAST,
-            "inference_precision": f.INFERENCE_PRECISION,
+            "inference_precision": resolve_precision(
+                f.INFERENCE_PRECISION, device, "MODEL.FCOS.INFERENCE_PRECISION"
+            ),
             "compile": f.COMPILE,
-            # On GPUs Detectron2's AMPTrainer autocasts; on the CPU the model does (bf16).
-            "train_precision": "bf16"
-            if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+            # On GPUs Detectron2's AMPTrainer autocasts; on the CPU the model does.
+            "train_precision": resolve_precision(
+                cfg.SOLVER.AMP.CPU_PRECISION, device, "SOLVER.AMP.CPU_PRECISION"
+            )
+            if cfg.SOLVER.AMP.ENABLED and device.type == "cpu"
             else "",
         }
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """
-        See :class:`DenseDetector`. Inference runs in ``inference_precision``, training in
-        ``train_precision`` (autocast; losses are computed in fp32); with ``compile`` the
-        backbone and head run through torch.compile.
+        See :class:`DenseDetector`. Inference runs in ``inference_precision`` with the norms
+        fused (:meth:`fuse`), training in ``train_precision`` (autocast; losses are
+        computed in fp32).
         """
-        if self.compile and not self._compiled:
-            # Compile the forward functions, not the modules: parameters, state dict and
-            # checkpoints stay those of the eager model.
-            self.backbone.forward = torch.compile(self.backbone.forward)
-            self.head.forward = torch.compile(self.head.forward)
-            self._compiled = True
+        if not self.training:
+            self.fuse()
         precision = self.train_precision if self.training else self.inference_precision
         dtype = precision_dtype(precision, self.device)
         if dtype is None:
@@ -202,9 +209,10 @@ class FCOS(DenseDetector):
         from a batch padded to ``padded_size`` (h, w).
         """
         shapes = [tuple(x.shape[-2:]) for x in features]
+        p = self.postprocessing
         return compute_locations(
-            shapes, self.strides, self.location_offset, features[0].device,
-            mode=self.location_stride, padded_size=padded_size,
+            shapes, self.strides, p.location_offset, features[0].device,
+            mode=p.location_stride, padded_size=padded_size,
         )  # fmt: skip
 
     def iou_smoothing(self, locations: List[Tensor]) -> Union[float, Tensor]:
@@ -236,8 +244,6 @@ class FCOS(DenseDetector):
             iou_smooth=self.iou_smoothing(locations),
             **self.loss_kwargs,
         )
-        # Kept (detached, no host sync) so that a non-finite total can be traced to its part.
-        self.last_losses = {k: v.detach() for k, v in losses.items()}
         return losses
 
     def forward_inference(
@@ -255,5 +261,5 @@ class FCOS(DenseDetector):
             torch.cat(locations),
             [len(x) for x in locations],
             images.image_sizes,
-            **self.inference_kwargs,
+            self.postprocessing,
         )

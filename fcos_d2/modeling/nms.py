@@ -15,7 +15,12 @@ import torchvision
 from detectron2.layers import batched_nms
 from torch import Tensor
 
-__all__ = ["batched_nms_mask", "decompose_batched_nms_mask", "onnx_batched_nms_mask"]
+__all__ = [
+    "batched_nms_mask",
+    "decompose_batched_nms_mask",
+    "onnx_batched_nms_mask",
+    "register_nms_fake_for_export",
+]
 
 
 @torch.library.custom_op("fcos_d2::batched_nms_mask", mutates_args=())
@@ -44,13 +49,27 @@ def _batched_nms_mask_fake(boxes, scores, groups, valid, iou_threshold, num_grou
     return torch.empty_like(valid)
 
 
-# torchvision's fake nms uses a deprecated helper whose data-dependent size has min=2, which
-# torch.export bakes into the program as a runtime check (failing when 0 or 1 box is kept).
-@torch.library.register_fake("torchvision::nms")
 def _nms_fake(dets: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     torch._check(dets.dim() == 2 and dets.size(1) == 4)
     torch._check(scores.dim() == 1 and dets.size(0) == scores.size(0))
     return dets.new_empty(torch.library.get_ctx().new_dynamic_size(), dtype=torch.long)
+
+
+_NMS_FAKE_REGISTERED = False
+
+
+def register_nms_fake_for_export() -> None:
+    """
+    Replace torchvision's fake (shape-only) ``nms`` kernel, once per process, before a
+    ``torch.export``: torchvision's uses a deprecated helper whose data-dependent size has
+    min=2, which torch.export bakes into the program as a runtime check (failing when 0 or
+    1 box is kept). Only exporting needs it (listed in fcos_d2/compat.py); eager torchvision
+    is unaffected (fake kernels run only under tracing).
+    """
+    global _NMS_FAKE_REGISTERED
+    if not _NMS_FAKE_REGISTERED:
+        torch.library.register_fake("torchvision::nms")(_nms_fake)
+        _NMS_FAKE_REGISTERED = True
 
 
 def decompose_batched_nms_mask(

@@ -119,7 +119,7 @@ class FCOSWithTTA(nn.Module):
         super().__init__()
         if isinstance(model, DistributedDataParallel):
             model = model.module
-        if not hasattr(model, "inference_kwargs"):
+        if not hasattr(model, "postprocessing"):
             raise TypeError(f"FCOSWithTTA needs an FCOS model, got {type(model).__name__}")
         check_choice("TTA_MERGE", merge, TTA_MERGE)
         if batch_size < 1:
@@ -176,16 +176,16 @@ class FCOSWithTTA(nn.Module):
         boxes = torch.cat(
             [boxes_to_original(d.pred_boxes.tensor, t) for d, t in zip(detections, transforms)]
         )
-        kwargs = self.model.inference_kwargs
+        p = self.model.postprocessing
         merged = merge_detections(
             boxes,
             torch.cat([d.scores for d in detections]),
             torch.cat([d.pred_classes for d in detections]),
             orig_size,
-            nms_thresh=kwargs["nms_thresh"],
-            max_detections=kwargs["max_detections"],
+            nms_thresh=p.nms_thresh,
+            max_detections=p.max_detections,
             method=self.merge,
             voting_iou=self.voting_iou,
-            nms_plus_one=kwargs["nms_plus_one"],
+            nms_plus_one=p.nms_plus_one,
         )
         return {"instances": merged}
