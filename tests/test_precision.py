@@ -1,6 +1,7 @@
 """Precision by hardware: the CPU-capability query, what "auto" chooses, and its log line."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -35,15 +36,31 @@ def test_capability_query_agrees_with_the_cpu_flags():
     with open("/proc/cpuinfo") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
     assert cap.avx512_bf16 == ("avx512_bf16" in flags)
-    assert cap.native_bf16 == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("AVX2", "AVX512_CORE")
+    assert cap.native_bf16 == (("avx512_bf16" in flags or "amx_bf16" in flags) and not capped)
     assert cap.isa == torch.backends.cpu.get_cpu_capability()
 
 
 def test_capability_falls_back_to_cpuinfo_without_torch_queries(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(precision, "_torch_cpu_query", lambda name: None)
     monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     cap = precision.cpu_capability.__wrapped__()
     assert cap.avx512_bf16 and cap.native_bf16 and not cap.amx_bf16 and not cap.avx512_vnni
+
+
+@pytest.mark.parametrize(
+    "cap, native", [("", True), ("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True)]
+)
+def test_onednn_isa_cap_below_bf16_means_emulated(monkeypatch, cap, native):
+    monkeypatch.setattr(precision, "_torch_cpu_query", lambda name: None)
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    found = precision.cpu_capability.__wrapped__()
+    assert found.avx512_bf16 and found.native_bf16 == native
+    assert (f"oneDNN capped at {cap}" in found.describe()) == bool(cap)
 
 
 def test_auto_chooses_by_capability_and_logs_it(cpu, caplog):

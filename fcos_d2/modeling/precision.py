@@ -11,6 +11,7 @@ native bf16, and fp32 elsewhere; an explicit ``"bf16"`` still runs there, with a
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,10 +45,16 @@ class CPUCapability:
     amx_bf16: bool
     avx512_vnni: bool
     amx_int8: bool
+    #: oneDNN's ISA cap (environment ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA), "" if none.
+    onednn_max_isa: str = ""
 
     @property
     def native_bf16(self) -> bool:
-        """Whether bfloat16 arithmetic runs in hardware (AVX512-BF16 or AMX)."""
+        """Whether bfloat16 arithmetic runs in hardware (AVX512-BF16 or AMX) and oneDNN,
+        which runs the convolutions, is allowed to use it (no ISA cap below
+        AVX512_CORE_BF16)."""
+        if self.onednn_max_isa.upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+            return False
         return self.avx512_bf16 or self.amx_bf16
 
     def describe(self) -> str:
@@ -59,7 +66,15 @@ class CPUCapability:
         ]
         have = [name for name, on in flags if on]
         lacking = [f"no {name}" for name, on in flags[:2] if not on]
-        return f"{self.isa} ({', '.join(have + lacking)})"
+        capped = [f"oneDNN capped at {self.onednn_max_isa}"] if self.onednn_max_isa else []
+        return f"{self.isa} ({', '.join(have + lacking + capped)})"
+
+
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) under which its kernels do not use the
+#: CPU's bf16 instructions, even where the CPU has them.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
 
 
 def _cpuinfo_flags() -> frozenset:
@@ -88,7 +103,8 @@ def cpu_capability() -> CPUCapability:
     """
     The CPU's capability: torch's own queries (``torch.backends.cpu.get_cpu_capability``,
     ``torch.cpu._is_avx512_bf16_supported``, ``_is_amx_tile_supported``, ...), or the
-    ``/proc/cpuinfo`` flags where a query is missing. Cached for the process.
+    ``/proc/cpuinfo`` flags where a query is missing, and oneDNN's ISA cap from the
+    environment. Cached for the process.
     """
     flags = _cpuinfo_flags()
 
@@ -102,6 +118,7 @@ def cpu_capability() -> CPUCapability:
         amx_bf16=query("_is_amx_tile_supported", "amx_bf16"),
         avx512_vnni=query("_is_vnni_supported", "avx512_vnni"),
         amx_int8=query("_is_amx_tile_supported", "amx_int8"),
+        onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")),
     )
 
 
