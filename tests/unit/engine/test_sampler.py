@@ -43,9 +43,7 @@ def hand_repeat_factors(dicts, t):
         for c in {a["category_id"] for a in d["annotations"]}:
             images_with[c] += 1
     r_class = {c: max(1.0, math.sqrt(t / (n / len(dicts)))) for c, n in images_with.items()}
-    return [
-        max([r_class[a["category_id"]] for a in d["annotations"]], default=1.0) for d in dicts
-    ]
+    return [max([r_class[a["category_id"]] for a in d["annotations"]], default=1.0) for d in dicts]
 
 
 def test_repeat_factors_equal_the_lvis_formula(imbalanced):
@@ -60,10 +58,15 @@ def test_repeat_factors_equal_the_lvis_formula(imbalanced):
 def test_fcos_trainer_samples_by_repeat_factor(imbalanced, tmp_path):
     name, dicts = imbalanced
     cfg = tiny_cfg(
-        {"train": name, "val": name}, tmp_path,
-        "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-        "DATALOADER.REPEAT_THRESHOLD", "0.5", "SOLVER.IMS_PER_BATCH", "2",
-    )  # fmt: skip
+        {"train": name, "val": name},
+        tmp_path,
+        "DATALOADER.SAMPLER_TRAIN",
+        "RepeatFactorTrainingSampler",
+        "DATALOADER.REPEAT_THRESHOLD",
+        "0.5",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+    )
     np.random.seed(0)  # the sampler's seed (comm.shared_random_seed)
     loader = iter(Trainer.build_train_loader(cfg))
     counts = collections.Counter(d["image_id"] for _ in range(300) for d in next(loader))
