@@ -10,7 +10,7 @@ Train and evaluate FCOS with Detectron2's DefaultTrainer.
 
 On a machine without a GPU, the model runs on the CPU and ``--num-gpus N`` starts N CPU
 worker processes (GLOO). Started by torchrun or SLURM's srun, each process is one worker of
-the group they describe (README, "Training at scale"):
+the group they describe (docs/distributed.md):
 
     torchrun --nproc-per-node 8 train_net.py --config-file configs/FCOS_R50_1x.yaml
     srun python train_net.py --config-file configs/FCOS_R50_1x.yaml --resume
@@ -58,9 +58,13 @@ if __name__ == "__main__":
     args = argument_parser().parse_args()
     try:
         launch(
-            main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-            dist_url=args.dist_url, args=(args,),
-        )  # fmt: skip
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
     except InputError as e:
         print(f"train_net.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -8,7 +8,7 @@ nothing else: ``fcos_d2.deploy`` runs exported models with numpy and the runtime
 
 from .errors import InputError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 try:
     import torch  # noqa: F401

@@ -39,38 +39,47 @@ __all__ = [
 #: when it happens and why. Registrations in Detectron2's own registries (META_ARCH,
 #: BACKBONE), its DatasetCatalog / MetadataCatalog (the built-in datasets) and the
 #: ``fcos_d2::batched_nms_mask`` operator are additions under fcos-d2's own names and are
-#: not listed. tests check that importing fcos_d2, building a Trainer and an evaluator
-#: change exactly the module attributes listed here.
+#: not listed. "stage" says when the change happens: "import" (importing fcos_d2),
+#: "lvis evaluator", "coco evaluation" (undone after it), "cpu launch", "export". Building a
+#: Trainer or a COCO evaluator changes nothing. tests/unit/test_compat.py checks that
+#: importing fcos_d2, building a Trainer and an evaluator, and exporting change exactly
+#: the attributes listed for those stages.
 PATCHES = (
     {
         "target": "detectron2.data.datasets.pascal_voc.np",
+        "stage": "import",
         "when": "import fcos_d2 (numpy without np.str / np.bool)",
         "why": "Detectron2 0.6's load_voc_instances uses np.str, removed in numpy 1.24: that "
         "module alone gets a numpy with the removed aliases (numpy_aliases_for)",
     },
     {
         "target": "detectron2.evaluation.pascal_voc_evaluation.np",
+        "stage": "import",
         "when": "import fcos_d2 (numpy without np.str / np.bool)",
         "why": "Detectron2 0.6's voc_eval uses np.bool (same remedy)",
     },
     {
         "target": "lvis.eval.np",
+        "stage": "lvis evaluator",
         "when": "building an LVIS evaluator (import_lvis)",
         "why": "lvis 0.5.3 uses np.float (same remedy)",
     },
     {
         "target": "detectron2.evaluation.coco_evaluation.COCOeval_opt",
+        "stage": "coco evaluation",
         "when": "during one COCO evaluation (cocoeval_fast_path), restored after it",
         "why": "Detectron2 without its C++ extension has no fast COCOeval; "
         "faster_coco_eval's takes its place for that evaluation",
     },
     {
         "target": "detectron2.utils.comm._LOCAL_PROCESS_GROUP",
+        "stage": "cpu launch",
         "when": "starting CPU workers under Detectron2 0.6 (create_local_process_group)",
         "why": "0.6 sets its per-machine group only in its own (CUDA-only) launcher",
     },
     {
         "target": "torch op torchvision::nms (fake kernel)",
+        "stage": "export",
         "when": "the first export (fcos_d2.modeling.nms.register_nms_fake_for_export)",
         "why": "torchvision's fake nms bakes a min-size-2 check into torch.export programs",
     },

@@ -104,7 +104,10 @@ def add_fcos_config(cfg: CN) -> None:
     _C.ATSS_ANCHOR_SCALE = 8.0
 
     # ----------------------------------------------------------------- losses
+    # Sigmoid focal loss of the class scores, over all locations: alpha weighs the
+    # positives against the negatives (paper: 0.25).
     _C.FOCAL_LOSS_ALPHA = 0.25
+    # Focal loss gamma, the down-weighting of easy examples (paper: 2.0).
     _C.FOCAL_LOSS_GAMMA = 2.0
     # Box loss on positives: "iou" (-log IoU, paper), "giou" (1 - GIoU) or
     # "linear_iou" (1 - IoU).

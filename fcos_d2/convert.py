@@ -98,7 +98,7 @@ _RULES: Dict[str, List[Rule]] = {
             r"^head\.regression_head\.bbox_ctrness\.(weight|bias)$",
             lambda m: f"head.centerness.{m.group(1)}",
         ),
-    ],  # fmt: skip
+    ],
     "fcos": _resnet_rules(r"backbone\.body\.", r"stem\.")
     + [
         (
@@ -122,7 +122,7 @@ _RULES: Dict[str, List[Rule]] = {
             lambda m: "head.{}.{}".format(*m.groups()),
         ),
         (r"^rpn\.head\.scales\.(\d)\.scale$", lambda m: f"head.scales.{m.group(1)}.scale"),
-    ],  # fmt: skip
+    ],
     "adelaidet": [
         (
             r"^(backbone\.bottom_up\.(stem\.conv1|res[2-5]\.\d+\.(conv[123]|shortcut))"
@@ -156,7 +156,7 @@ _RULES: Dict[str, List[Rule]] = {
             r"^proposal_generator\.fcos_head\.scales\.(\d)\.scale$",
             lambda m: f"head.scales.{m.group(1)}.scale",
         ),
-    ],  # fmt: skip
+    ],
     "torchvision-resnet": _resnet_rules("", ""),
 }
 

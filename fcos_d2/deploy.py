@@ -70,9 +70,7 @@ def resize_shortest_edge(image: np.ndarray, min_size: int, max_size: int) -> np.
     return np.asarray(resized)
 
 
-def compute_locations(
-    shapes: Sequence[Tuple[int, int]], p: PostProcessing
-) -> List[np.ndarray]:
+def compute_locations(shapes: Sequence[Tuple[int, int]], p: PostProcessing) -> List[np.ndarray]:
     """Per level (H_i * W_i, 2) (x, y) locations, as fcos_d2.modeling.locations places them."""
     strides = p.strides
     if p.location_stride == "padded_size_div_grid":
@@ -178,8 +176,14 @@ def postprocess(
 def _openvino_precision(compiled: Any) -> str:
     """The inference precision a compiled OpenVINO model runs in: "f32", "bf16", ..."""
     value = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    names = {"float32": "f32", "f32": "f32", "bfloat16": "bf16", "bf16": "bf16",
-             "float16": "f16", "f16": "f16"}  # fmt: skip
+    names = {
+        "float32": "f32",
+        "f32": "f32",
+        "bfloat16": "bf16",
+        "bf16": "bf16",
+        "float16": "f16",
+        "f16": "f16",
+    }
     for key, name in names.items():
         if key in value.lower():
             return name
@@ -236,9 +240,10 @@ class ExportedPredictor:
             if num_threads:
                 options.intra_op_num_threads = num_threads
             providers = [
-                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                p
+                for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                 if p in ort.get_available_providers()
-            ]  # fmt: skip
+            ]
             self._session = ort.InferenceSession(model_path, options, providers=providers)
         else:
             import openvino as ov
@@ -296,9 +301,7 @@ class ExportedPredictor:
         h, w = image.shape[1:]
         oh, ow = original_size
         if not self.meta["network_only"]:
-            boxes, scores, classes, count = self._run(
-                [image, np.array([oh, ow], dtype=np.int64)]
-            )
+            boxes, scores, classes, count = self._run([image, np.array([oh, ow], dtype=np.int64)])
             n = int(count)
             return {"boxes": boxes[:n], "scores": scores[:n], "classes": classes[:n]}
         outputs = self._run([image])

@@ -127,14 +127,23 @@ class ExportableFCOS(nn.Module):
         shapes = [tuple(x.shape[-2:]) for x in logits]
         padded = (logits[0].shape[-2] * p.strides[0], logits[0].shape[-1] * p.strides[0])
         locations = compute_locations(
-            shapes, p.strides, p.location_offset, image.device,
-            mode=p.location_stride, padded_size=padded,
-        )  # fmt: skip
+            shapes,
+            p.strides,
+            p.location_offset,
+            image.device,
+            mode=p.location_stride,
+            padded_size=padded,
+        )
         size = torch.stack((image.new_ones(()) * height, image.new_ones(()) * width))
         det = fcos_postprocess(
-            cat_levels(logits), cat_levels(box_reg), cat_levels(centerness).squeeze(2),
-            torch.cat(locations), [h * w for h, w in shapes], size[None], p,
-        )  # fmt: skip
+            cat_levels(logits),
+            cat_levels(box_reg),
+            cat_levels(centerness).squeeze(2),
+            torch.cat(locations),
+            [h * w for h, w in shapes],
+            size[None],
+            p,
+        )
         boxes, scores, classes, valid = (t[0] for t in det)
         boxes, nonempty = to_original_size(boxes, size, original_size.to(boxes.dtype))
         valid = valid & nonempty
@@ -236,15 +245,20 @@ def export_model(
             path = os.path.join(output, name)
             num_levels = len(model.strides)
             program = torch.onnx.export(
-                module, args, dynamo=True, opset_version=ONNX_OPSET, dynamic_shapes=dynamic,
+                module,
+                args,
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                dynamic_shapes=dynamic,
                 input_names=["image"] if network_only else ["image", "original_size"],
-                output_names=ExportableFCOSNetwork.output_names(num_levels) if network_only
+                output_names=ExportableFCOSNetwork.output_names(num_levels)
+                if network_only
                 else ["boxes", "scores", "classes", "count"],
                 custom_translation_table={
                     torch.ops.fcos_d2.batched_nms_mask.default: onnx_batched_nms_mask
                 },
                 verbose=False,
-            )  # fmt: skip
+            )
             program.save(path)
         else:
             path = os.path.join(output, "model.pt2")
@@ -321,11 +335,16 @@ def compare_with_eager(
             )
     report: Dict[str, Dict[str, float]] = {}
     for name, run in exported_runners(path, num_threads).items():
-        row = {"images": len(inputs), "detections": sum(len(e[1]) for e in eager),
-               "most_per_image": max((len(e[1]) for e in eager), default=0),
-               "fewest_per_image": min((len(e[1]) for e in eager), default=0),
-               "count_differs": 0, "classes_differ": 0, "max_box_diff": 0.0,
-               "max_score_diff": 0.0}  # fmt: skip
+        row = {
+            "images": len(inputs),
+            "detections": sum(len(e[1]) for e in eager),
+            "most_per_image": max((len(e[1]) for e in eager), default=0),
+            "fewest_per_image": min((len(e[1]) for e in eager), default=0),
+            "count_differs": 0,
+            "classes_differ": 0,
+            "max_box_diff": 0.0,
+            "max_score_diff": 0.0,
+        }
         for (image, original), (e_boxes, e_scores, e_classes) in zip(inputs, eager):
             boxes, scores, classes = run(image, original)
             if len(scores) != len(e_scores):
@@ -338,8 +357,10 @@ def compare_with_eager(
                     row["max_score_diff"], float(np.abs(scores - e_scores).max())
                 )
         row["agree"] = (
-            row["count_differs"] == 0 and row["classes_differ"] == 0
-            and row["max_box_diff"] <= PARITY_BOX_TOL and row["max_score_diff"] <= PARITY_SCORE_TOL
-        )  # fmt: skip
+            row["count_differs"] == 0
+            and row["classes_differ"] == 0
+            and row["max_box_diff"] <= PARITY_BOX_TOL
+            and row["max_score_diff"] <= PARITY_SCORE_TOL
+        )
         report[name] = row
     return report

@@ -1,5 +1,6 @@
 """Shared helpers of the tests: a tiny training configuration and subprocess runners."""
 
+import glob
 import json
 import os
 import re
@@ -13,22 +14,40 @@ QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
 
 # configs/quickstart.yaml shrunk to seconds per run: tiny images, batch 2, no workers.
 TINY_OPTS = [
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.BASE_LR", "0.01",
-    "SOLVER.WARMUP_ITERS", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(128,)",
-    "INPUT.MAX_SIZE_TRAIN", "192",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
-    "DATALOADER.NUM_WORKERS", "0",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.FCOS.NUM_CONVS", "1",
-]  # fmt: skip
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.BASE_LR",
+    "0.01",
+    "SOLVER.WARMUP_ITERS",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "192",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "192",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.FCOS.NUM_CONVS",
+    "1",
+]
 
 
 # A launcher's variables would make train_net.py join that launcher's process group.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT", "GROUP_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
+LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def tiny_env(cache_dir: str, train_images: int = 16, val_images: int = 8) -> Dict[str, str]:
@@ -36,8 +55,9 @@ def tiny_env(cache_dir: str, train_images: int = 16, val_images: int = 8) -> Dic
     Environment for a subprocess using small built-in datasets cached in cache_dir, without
     the variables of a launcher (torchrun, SLURM) that may have started the tests.
     """
-    env = {k: v for k, v in os.environ.items()
-           if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}  # fmt: skip
+    env = {
+        k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")
+    }
     env.update(
         FCOS_D2_CACHE=str(cache_dir),
         FCOS_D2_SYNTH_TRAIN_IMAGES=str(train_images),
@@ -68,16 +88,50 @@ def run_train_net(
     return proc
 
 
-def copypaste_ap(log: str) -> Optional[Dict[str, float]]:
-    """The last bbox result table Detectron2 printed in "copypaste" form."""
-    found = None
+def copypaste_aps(log: str) -> List[Dict[str, float]]:
+    """Every bbox result table Detectron2 printed in "copypaste" form, in order."""
+    found = []
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if "copypaste: Task: bbox" in line and i + 2 < len(lines):
             names = lines[i + 1].split("copypaste: ")[1].split(",")
             values = lines[i + 2].split("copypaste: ")[1].split(",")
-            found = {n: float(v) for n, v in zip(names, values)}
+            found.append({n: float(v) for n, v in zip(names, values)})
     return found
+
+
+def copypaste_ap(log: str) -> Optional[Dict[str, float]]:
+    """The last bbox result table Detectron2 printed in "copypaste" form."""
+    tables = copypaste_aps(log)
+    return tables[-1] if tables else None
+
+
+def builtin_json(cache_dir, split: str) -> str:
+    """The COCO json of the built-in ``split`` that a run with ``tiny_env(cache_dir)`` wrote."""
+    (path,) = glob.glob(
+        os.path.join(str(cache_dir), "datasets", "fcos_synth_v2", f"{split}_n*", f"{split}.json")
+    )
+    return path
+
+
+def recomputed_ap(results_json, gt_json: str) -> Dict[str, float]:
+    """AP and AP50 (x100) of Detectron2's coco_instances_results.json, recomputed from the
+    files with pycocotools (an evaluation independent of the run that printed its own)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_json)
+        with open(results_json) as f:
+            dt = gt.loadRes(json.load(f))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": 100 * float(ev.stats[0]), "AP50": 100 * float(ev.stats[1])}
 
 
 def metrics(output_dir: str) -> List[dict]:
@@ -121,8 +175,11 @@ def ddp_batch(num_images: int = 4, size=(96, 128)):
         n = 1 + i % 3
         xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
         wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4]) + 6
-        inst = Instances(size, gt_boxes=Boxes(torch.cat([xy, xy + wh], 1)),
-                         gt_classes=torch.randint(0, 3, (n,), generator=g))  # fmt: skip
+        inst = Instances(
+            size,
+            gt_boxes=Boxes(torch.cat([xy, xy + wh], 1)),
+            gt_classes=torch.randint(0, 3, (n,), generator=g),
+        )
         image = torch.randint(0, 256, (3, h, w), generator=g).float()
         batch.append({"image": image, "instances": inst})
     return batch
@@ -188,10 +245,28 @@ def tiny_cfg(tiny_data: Dict[str, str], out_dir, *opts: str):
     cfg.merge_from_file(QUICKSTART)
     cfg.merge_from_list(TINY_OPTS)
     cfg.merge_from_list(
-        ["DATASETS.TRAIN", f"('{tiny_data['train']}',)",
-         "DATASETS.TEST", f"('{tiny_data['val']}',)",
-         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out_dir), "SOLVER.AMP.ENABLED", "False",
-         "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2",
-         "MODEL.EMA.ENABLED", "True", "MODEL.EMA.DECAY", "0.5", *opts]
-    )  # fmt: skip
+        [
+            "DATASETS.TRAIN",
+            f"('{tiny_data['train']}',)",
+            "DATASETS.TEST",
+            f"('{tiny_data['val']}',)",
+            "MODEL.DEVICE",
+            "cpu",
+            "OUTPUT_DIR",
+            str(out_dir),
+            "SOLVER.AMP.ENABLED",
+            "False",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.STEPS",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "MODEL.EMA.ENABLED",
+            "True",
+            "MODEL.EMA.DECAY",
+            "0.5",
+            *opts,
+        ]
+    )
     return cfg

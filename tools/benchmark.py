@@ -36,6 +36,7 @@ Section 1b (section "export"): the whole detector exported (ONNX in ONNX Runtime
 OpenVINO f32/bf16, torch.export) at 800x1333 beside torchvision's eager fp32.
 Ratios in the JSON are fcos-d2 speed / torchvision speed (higher is better).
 """
+
 import argparse
 import contextlib
 import copy
@@ -142,8 +143,12 @@ def detections_agree(tv_out: List[dict], our_out: List[dict]) -> Dict[str, float
             box_err = max(box_err, float(dist[i]))
             score_err = max(score_err, float((ours.scores[same[i]] - score).abs()))
         unmatched += abs(len(ours) - int(keep.sum()))
-    return {"detections": total, "unmatched": unmatched, "max_box_err": box_err,
-            "max_score_err": score_err}  # fmt: skip
+    return {
+        "detections": total,
+        "unmatched": unmatched,
+        "max_box_err": box_err,
+        "max_score_err": score_err,
+    }
 
 
 def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
@@ -171,9 +176,10 @@ def inference_section(tv, twins, sizes, repeats) -> Dict[str, dict]:
                 model.postprocessing = saved
             row["agreement"]["max_box_err_with_paper_strides"] = paper["max_box_err"]
         results[f"{h}x{w}"] = row
-        print(f"  {h}x{w}: " + ", ".join(
-            f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float)
-        ))  # fmt: skip
+        print(
+            f"  {h}x{w}: "
+            + ", ".join(f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float))
+        )
         print(f"    detections agree (torchvision's level strides): {row['agreement']}")
     return results
 
@@ -240,8 +246,14 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
         targets = ours.assigner(
             ours.locations(features, images.tensor.shape[-2:]), ours.strides, gt
         )
-        losses = fcos_losses(leaves[0], leaves[1], leaves[2].squeeze(2), targets.labels,
-                             targets.reg_targets, **ours.loss_kwargs)  # fmt: skip
+        losses = fcos_losses(
+            leaves[0],
+            leaves[1],
+            leaves[2].squeeze(2),
+            targets.labels,
+            targets.reg_targets,
+            **ours.loss_kwargs,
+        )
         sum(losses.values()).backward()
 
     t_train_part = timeit(fcos_train_part, repeats, warmup=1)
@@ -263,19 +275,32 @@ def fcos_share_section(ours, repeats) -> Dict[str, float]:
 
         def fcos_infer_part():
             locations = ours.locations(feats, images.tensor.shape[-2:])
-            fcos_inference(cat_levels(logits), cat_levels(box_reg), cat_levels(ctr).squeeze(2),
-                           torch.cat(locations), [len(x) for x in locations],
-                           images.image_sizes, ours.postprocessing)  # fmt: skip
+            fcos_inference(
+                cat_levels(logits),
+                cat_levels(box_reg),
+                cat_levels(ctr).squeeze(2),
+                torch.cat(locations),
+                [len(x) for x in locations],
+                images.image_sizes,
+                ours.postprocessing,
+            )
 
         t_infer_part = timeit(fcos_infer_part, repeats, warmup=1)
         t_infer = timeit(lambda: ours(inp), repeats, warmup=1)
-    share = {"train_fcos_s": t_train_part, "train_step_s": t_step,
-             "train_share": t_train_part / t_step, "inference_fcos_s": t_infer_part,
-             "inference_s": t_infer, "inference_share": t_infer_part / t_infer}  # fmt: skip
-    print(f"  training: {t_train_part * 1e3:.1f} ms of {t_step * 1e3:.0f} ms "
-          f"({100 * share['train_share']:.1f}%); inference 800x1333: "
-          f"{t_infer_part * 1e3:.1f} ms of {t_infer * 1e3:.0f} ms "
-          f"({100 * share['inference_share']:.1f}%)")  # fmt: skip
+    share = {
+        "train_fcos_s": t_train_part,
+        "train_step_s": t_step,
+        "train_share": t_train_part / t_step,
+        "inference_fcos_s": t_infer_part,
+        "inference_s": t_infer,
+        "inference_share": t_infer_part / t_infer,
+    }
+    print(
+        f"  training: {t_train_part * 1e3:.1f} ms of {t_step * 1e3:.0f} ms "
+        f"({100 * share['train_share']:.1f}%); inference 800x1333: "
+        f"{t_infer_part * 1e3:.1f} ms of {t_infer * 1e3:.0f} ms "
+        f"({100 * share['inference_share']:.1f}%)"
+    )
     return share
 
 
@@ -305,13 +330,17 @@ def assignment_case(model, n: int) -> Callable[[], None]:
     box_reg = (torch.rand(1, num_loc, 4, generator=g) * 100 + 1).requires_grad_()
     ctr = torch.randn(1, num_loc, generator=g, requires_grad=True)
     boxes = random_boxes(n, 800, 1333, seed=n)
-    gt = [Instances((800, 1333), gt_boxes=Boxes(boxes),
-                    gt_classes=torch.randint(0, c, (n,), generator=g))]  # fmt: skip
+    gt = [
+        Instances(
+            (800, 1333), gt_boxes=Boxes(boxes), gt_classes=torch.randint(0, c, (n,), generator=g)
+        )
+    ]
 
     def run():
         targets = model.assigner(locations, strides, gt)
-        losses = fcos_losses(logits, box_reg, ctr, targets.labels, targets.reg_targets,
-                             **model.loss_kwargs)  # fmt: skip
+        losses = fcos_losses(
+            logits, box_reg, ctr, targets.labels, targets.reg_targets, **model.loss_kwargs
+        )
         sum(losses.values()).backward()
 
     return run
@@ -344,8 +373,10 @@ def assignment_section(ours, box_counts, repeats) -> Dict[str, dict]:
     for n in box_counts:
         t = timeit(assignment_case(ours, n), repeats, warmup=1)
         results[str(n)] = {"seconds": t, "peak_rss_growth_mb": assignment_memory_mb(n)}
-        print(f"  {n:5d} boxes: {t * 1e3:8.1f} ms, peak RSS growth "
-              f"{results[str(n)]['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
+        print(
+            f"  {n:5d} boxes: {t * 1e3:8.1f} ms, peak RSS growth "
+            f"{results[str(n)]['peak_rss_growth_mb']:.0f} MB"
+        )
     return results
 
 
@@ -364,11 +395,16 @@ def atss_assignment_section(tv, box_counts, repeats) -> Dict[str, dict]:
         times = timeit_interleaved(
             {"atss": assignment_case(atss, n), "fcos": assignment_case(fcos, n)}, repeats
         )
-        row = {"seconds": times["atss"], "fcos_seconds": times["fcos"],
-               "peak_rss_growth_mb": assignment_memory_mb(n, *ATSS_OPTS)}  # fmt: skip
+        row = {
+            "seconds": times["atss"],
+            "fcos_seconds": times["fcos"],
+            "peak_rss_growth_mb": assignment_memory_mb(n, *ATSS_OPTS),
+        }
         results[str(n)] = row
-        print(f"  {n:5d} boxes: ATSS {row['seconds'] * 1e3:8.1f} ms (FCOS {times['fcos'] * 1e3:.1f}"
-              f" ms), peak RSS growth {row['peak_rss_growth_mb']:.0f} MB")  # fmt: skip
+        print(
+            f"  {n:5d} boxes: ATSS {row['seconds'] * 1e3:8.1f} ms (FCOS {times['fcos'] * 1e3:.1f}"
+            f" ms), peak RSS growth {row['peak_rss_growth_mb']:.0f} MB"
+        )
     return results
 
 
@@ -409,8 +445,12 @@ def rt_inference_section(repeats) -> Dict[str, float]:
         row = {name: 1.0 / t for name, t in timeit_interleaved(fns, repeats).items()}
     row["rt_speedup"] = row["fcos_rt_512"] / row["fcos_r50_1x_800"]
     row["head_bn_fold_speedup"] = row["fcos_rt_512"] / row["fcos_rt_512_head_bn_unfolded"]
-    print("  " + ", ".join(f"{k} {v:.3f}" + (" img/s" if "speedup" not in k else "x")
-                           for k, v in row.items()))  # fmt: skip
+    print(
+        "  "
+        + ", ".join(
+            f"{k} {v:.3f}" + (" img/s" if "speedup" not in k else "x") for k, v in row.items()
+        )
+    )
     return row
 
 
@@ -431,9 +471,14 @@ def coco_eval_section() -> Dict[str, object]:
         x, y, w, h = ann["bbox"]
         for _ in range(3):
             jit = rng.normal(0, 0.1, 4) * [w, h, w, h]
-            dets.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                         "bbox": [x + jit[0], y + jit[1], w + jit[2], h + jit[3]],
-                         "score": float(rng.random())})  # fmt: skip
+            dets.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "bbox": [x + jit[0], y + jit[1], w + jit[2], h + jit[3]],
+                    "score": float(rng.random()),
+                }
+            )
     dt = gt.loadRes(dets)
     backends = {"pycocotools": COCOeval}
     fast = compat.fast_cocoeval_class()
@@ -468,9 +513,11 @@ def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
     path = export_model(model, cfg, tempfile.mkdtemp(prefix="fcos_d2_bench_ap_"), "onnx")
     dicts = DatasetCatalog.get(dataset)
     out = {}
-    for name, runtime, precision in [("onnxruntime_fp32", "onnxruntime", "f32"),
-                                     ("openvino_fp32", "openvino", "f32"),
-                                     ("openvino_bf16", "openvino", REDUCED["export"])]:  # fmt: skip
+    for name, runtime, precision in [
+        ("onnxruntime_fp32", "onnxruntime", "f32"),
+        ("openvino_fp32", "openvino", "f32"),
+        ("openvino_bf16", "openvino", REDUCED["export"]),
+    ]:
         predictor = ExportedPredictor(path, runtime, precision, num_threads=torch.get_num_threads())
         RAN[f"ap_exported_{name}"] = predictor.precision
         evaluator = Trainer.build_evaluator(cfg, dataset, output_folder=tempfile.mkdtemp())
@@ -478,9 +525,12 @@ def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
         for d in dicts:
             image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
             det = predictor(image)
-            inst = Instances(image.shape[:2], pred_boxes=Boxes(torch.as_tensor(det["boxes"])),
-                             scores=torch.as_tensor(det["scores"]),
-                             pred_classes=torch.as_tensor(det["classes"]))  # fmt: skip
+            inst = Instances(
+                image.shape[:2],
+                pred_boxes=Boxes(torch.as_tensor(det["boxes"])),
+                scores=torch.as_tensor(det["scores"]),
+                pred_classes=torch.as_tensor(det["classes"]),
+            )
             evaluator.process([d], [{"instances": inst}])
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             out[name] = evaluator.evaluate()["bbox"]["AP"]
@@ -512,9 +562,10 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
         name = cfg.DATASETS.TEST[0]
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             res = inference_on_dataset(
-                model, Trainer.build_test_loader(cfg, name),
+                model,
+                Trainer.build_test_loader(cfg, name),
                 Trainer.build_evaluator(cfg, name, output_folder="/tmp/fcos_d2_bench_eval"),
-            )  # fmt: skip
+            )
         out["bf16" if precision else "fp32"] = res["bbox"]["AP"]
         if precision == "":
             cfg.MODEL.DEVICE = "cpu"
@@ -559,9 +610,13 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
     x = img.numpy()
 
     def as_output(boxes, scores, classes) -> List[dict]:
-        inst = Instances((h, w), pred_boxes=Boxes(torch.as_tensor(boxes)),
-                         scores=torch.as_tensor(scores), pred_classes=torch.as_tensor(classes))
-        return [{"instances": inst}]  # fmt: skip
+        inst = Instances(
+            (h, w),
+            pred_boxes=Boxes(torch.as_tensor(boxes)),
+            scores=torch.as_tensor(scores),
+            pred_classes=torch.as_tensor(classes),
+        )
+        return [{"instances": inst}]
 
     def run_pt2():
         b, s_, c, n = program(img, torch.tensor([h, w]))
@@ -581,9 +636,12 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
             for name in ("onnxruntime_fp32", "openvino_fp32", "torch_export_fp32")
         }
     row["export_s"] = export_s
-    print(f"  {h}x{w}: " + ", ".join(
-        f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float) and k != "export_s"
-    ))  # fmt: skip
+    print(
+        f"  {h}x{w}: "
+        + ", ".join(
+            f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float) and k != "export_s"
+        )
+    )
     for name, agreement in row["agreement"].items():
         print(f"    {name} detections agree with torchvision: {agreement}")
     return row
@@ -617,9 +675,16 @@ def coco_size_ground_truth(num_images: int = 5000, num_classes: int = 80, seed: 
         crowd = rng.random(n) < 0.01
         for k in range(n):
             box = [float(x[k]), float(y[k]), float(bw[k]), float(bh[k])]
-            annos.append({"id": len(annos) + 1, "image_id": i + 1, "category_id": int(cats[k]),
-                          "bbox": box, "area": box[2] * box[3],
-                          "iscrowd": int(crowd[k])})  # fmt: skip
+            annos.append(
+                {
+                    "id": len(annos) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(cats[k]),
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": int(crowd[k]),
+                }
+            )
     cats = [{"id": c, "name": f"class{c}"} for c in range(1, num_classes + 1)]
     return {"images": images, "annotations": annos, "categories": cats}
 
@@ -647,8 +712,12 @@ def coco_size_detections(gt: dict, per_image: int = 100, seed: int = 0) -> List[
             x, y, bw, bh = ann["bbox"]
             for _ in range(int(rng.integers(1, 3))):
                 noise = rng.normal(0, 0.15, 4)
-                box = [x + noise[0] * bw, y + noise[1] * bh, bw * np.exp(noise[2]),
-                       bh * np.exp(noise[3])]  # fmt: skip
+                box = [
+                    x + noise[0] * bw,
+                    y + noise[1] * bh,
+                    bw * np.exp(noise[2]),
+                    bh * np.exp(noise[3]),
+                ]
                 cat = ann["category_id"] if rng.random() > 0.1 else int(rng.integers(1, 81))
                 score = float(np.clip(1 - np.abs(noise).mean() * 3 + rng.normal(0, 0.1), 0.05, 1))
                 out.append((cat, box, score))
@@ -658,8 +727,14 @@ def coco_size_detections(gt: dict, per_image: int = 100, seed: int = 0) -> List[
             out.append((int(rng.integers(1, num_classes + 1)), box, float(rng.uniform(0.05, 0.5))))
         out.sort(key=lambda d: -d[2])
         for cat, box, score in out[:per_image]:
-            dets.append({"image_id": img["id"], "category_id": cat,
-                         "bbox": [float(v) for v in box], "score": score})  # fmt: skip
+            dets.append(
+                {
+                    "image_id": img["id"],
+                    "category_id": cat,
+                    "bbox": [float(v) for v in box],
+                    "score": score,
+                }
+            )
     return dets
 
 
@@ -698,9 +773,11 @@ def coco_size_eval_section(num_images: int = 5000) -> Dict[str, object]:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             gt = COCO(path)
     out: Dict[str, object] = {
-        "images": num_images, "classes": len(gt_dict["categories"]),
-        "boxes": len(gt_dict["annotations"]), "detections": len(dets),
-    }  # fmt: skip
+        "images": num_images,
+        "classes": len(gt_dict["categories"]),
+        "boxes": len(gt_dict["annotations"]),
+        "detections": len(dets),
+    }
     print(f"  {num_images} images, {out['boxes']} boxes, {out['detections']} detections")
     backends = {"pycocotools": COCOeval}
     fast = compat.fast_cocoeval_class()
@@ -720,24 +797,34 @@ def coco_size_eval_section(num_images: int = 5000) -> Dict[str, object]:
             t3 = time.perf_counter()
             ev.summarize()
             t4 = time.perf_counter()
-        row = {"load_res_s": t1 - t0, "evaluate_s": t2 - t1, "accumulate_s": t3 - t2,
-               "summarize_s": t4 - t3, "evaluate_accumulate_s": t3 - t1,
-               "stats": [float(v) for v in ev.stats]}  # fmt: skip
+        row = {
+            "load_res_s": t1 - t0,
+            "evaluate_s": t2 - t1,
+            "accumulate_s": t3 - t2,
+            "summarize_s": t4 - t3,
+            "evaluate_accumulate_s": t3 - t1,
+            "stats": [float(v) for v in ev.stats],
+        }
         evals[name] = ev
         out[name] = row
-        print(f"  {name}: evaluate {row['evaluate_s']:.2f} s + accumulate "
-              f"{row['accumulate_s']:.2f} s = {row['evaluate_accumulate_s']:.2f} s; "
-              f"AP {100 * ev.stats[0]:.2f}")  # fmt: skip
+        print(
+            f"  {name}: evaluate {row['evaluate_s']:.2f} s + accumulate "
+            f"{row['accumulate_s']:.2f} s = {row['evaluate_accumulate_s']:.2f} s; "
+            f"AP {100 * ev.stats[0]:.2f}"
+        )
     if len(evals) == 2:
         (ref, slow), (fast_name, quick) = list(evals.items())
         out["fast_backend"] = fast_name
         out["max_abs_stat_diff"] = float(np.max(np.abs(np.array(slow.stats) - quick.stats)))
-        out["max_abs_per_category_ap_diff"] = float(np.nanmax(np.abs(
-            np.array(_per_category_ap(slow)) - np.array(_per_category_ap(quick)))))  # fmt: skip
+        out["max_abs_per_category_ap_diff"] = float(
+            np.nanmax(np.abs(np.array(_per_category_ap(slow)) - np.array(_per_category_ap(quick))))
+        )
         out["speedup"] = out[ref]["evaluate_accumulate_s"] / out[fast_name]["evaluate_accumulate_s"]
-        print(f"  {fast_name} / pycocotools: {out['speedup']:.1f}x faster; 12 metrics differ by "
-              f"at most {out['max_abs_stat_diff']:.1e}, per-category AP by "
-              f"{out['max_abs_per_category_ap_diff']:.1e} (AP points)")  # fmt: skip
+        print(
+            f"  {fast_name} / pycocotools: {out['speedup']:.1f}x faster; 12 metrics differ by "
+            f"at most {out['max_abs_stat_diff']:.1e}, per-category AP by "
+            f"{out['max_abs_per_category_ap_diff']:.1e} (AP points)"
+        )
     return out
 
 
@@ -784,11 +871,25 @@ def loader_section(repeats: int, num_images: int = 64, batch: int = 2) -> Dict[s
         gt = coco_size_ground_truth(num_images, seed=1)
         dicts = []
         for img, path in zip(gt["images"], paths):
-            annos = [{"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "iscrowd": 0,
-                      "category_id": a["category_id"] - 1}
-                     for a in gt["annotations"] if a["image_id"] == img["id"]]  # fmt: skip
-            dicts.append({"file_name": path, "image_id": img["id"], "width": 640,
-                          "height": 480, "annotations": annos})  # fmt: skip
+            annos = [
+                {
+                    "bbox": a["bbox"],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "iscrowd": 0,
+                    "category_id": a["category_id"] - 1,
+                }
+                for a in gt["annotations"]
+                if a["image_id"] == img["id"]
+            ]
+            dicts.append(
+                {
+                    "file_name": path,
+                    "image_id": img["id"],
+                    "width": 640,
+                    "height": 480,
+                    "annotations": annos,
+                }
+            )
         name = "fcos_d2_benchmark_jpegs"
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
@@ -798,8 +899,18 @@ def loader_section(repeats: int, num_images: int = 64, batch: int = 2) -> Dict[s
         cfg = get_cfg()
         fcos_d2.add_fcos_config(cfg)
         cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
-        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH",
-                             str(batch), "DATASETS.TRAIN", f"('{name}',)"])  # fmt: skip
+        cfg.merge_from_list(
+            [
+                "MODEL.DEVICE",
+                "cpu",
+                "MODEL.WEIGHTS",
+                "",
+                "SOLVER.IMS_PER_BATCH",
+                str(batch),
+                "DATASETS.TRAIN",
+                f"('{name}',)",
+            ]
+        )
         batches = 4 if repeats <= 3 else 12
         sample = None
         for workers in (0, 2):
@@ -814,8 +925,10 @@ def loader_section(repeats: int, num_images: int = 64, batch: int = 2) -> Dict[s
             seconds = time.perf_counter() - start
             out[f"loader_workers{workers}_images_per_s"] = batches * batch / seconds
             del it
-            print(f"  loader, NUM_WORKERS {workers}: "
-                  f"{out[f'loader_workers{workers}_images_per_s']:.1f} images/s")  # fmt: skip
+            print(
+                f"  loader, NUM_WORKERS {workers}: "
+                f"{out[f'loader_workers{workers}_images_per_s']:.1f} images/s"
+            )
         out["input_size"] = list(sample[0]["image"].shape[-2:])
         model = build_model(cfg).train()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -833,9 +946,11 @@ def loader_section(repeats: int, num_images: int = 64, batch: int = 2) -> Dict[s
         out["loading_share_workers0"] = (batch / out["loader_workers0_images_per_s"]) / step_s
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    print(f"  training step, batch {batch} at {out['input_size']}: {step_s:.2f} s "
-          f"({out['train_images_per_s']:.2f} images/s); loading in the main process would "
-          f"take {100 * out['loading_share_workers0']:.1f}% of it")  # fmt: skip
+    print(
+        f"  training step, batch {batch} at {out['input_size']}: {step_s:.2f} s "
+        f"({out['train_images_per_s']:.2f} images/s); loading in the main process would "
+        f"take {100 * out['loading_share_workers0']:.1f}% of it"
+    )
     return out
 
 
@@ -872,8 +987,11 @@ def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
         return wrapped
 
     name = "fcos_d2_benchmark_coco_size"
-    saved = (trainer_module.sanitize_dataset_dicts, trainer_module.get_detection_dataset_dicts,
-             Trainer.__dict__["build_train_loader"])  # fmt: skip
+    saved = (
+        trainer_module.sanitize_dataset_dicts,
+        trainer_module.get_detection_dataset_dicts,
+        Trainer.__dict__["build_train_loader"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         images = os.path.join(tmp, "images")
         os.mkdir(images)
@@ -891,9 +1009,22 @@ def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
         cfg = get_cfg()
         fcos_d2.add_fcos_config(cfg)
         cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
-        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TRAIN",
-                             f"('{name}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS",
-                             "0", "OUTPUT_DIR", os.path.join(tmp, "out")])  # fmt: skip
+        cfg.merge_from_list(
+            [
+                "MODEL.DEVICE",
+                "cpu",
+                "MODEL.WEIGHTS",
+                "",
+                "DATASETS.TRAIN",
+                f"('{name}',)",
+                "DATASETS.TEST",
+                "()",
+                "DATALOADER.NUM_WORKERS",
+                "0",
+                "OUTPUT_DIR",
+                os.path.join(tmp, "out"),
+            ]
+        )
         trainer_module.sanitize_dataset_dicts = timing("checks_s", saved[0])
         trainer_module.get_detection_dataset_dicts = timing("load_dataset_dicts_s", saved[1])
         Trainer.build_train_loader = classmethod(timing("build_train_loader_s", saved[2].__func__))
@@ -903,26 +1034,39 @@ def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
                 Trainer(cfg)
                 total = time.perf_counter() - start
         finally:
-            (trainer_module.sanitize_dataset_dicts, trainer_module.get_detection_dataset_dicts,
-             Trainer.build_train_loader) = saved  # fmt: skip
+            (
+                trainer_module.sanitize_dataset_dicts,
+                trainer_module.get_detection_dataset_dicts,
+                Trainer.build_train_loader,
+            ) = saved
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
     out.update(timed)
     out["trainer_init_s"] = total
     out["checks_share"] = timed["checks_s"] / total
-    print(f"  {num_images} images, {out['boxes']} boxes: Trainer(cfg) {total:.1f} s, of which "
-          f"loading the json into dataset dicts {timed['load_dataset_dicts_s']:.1f} s, checks "
-          f"{timed['checks_s']:.1f} s ({100 * out['checks_share']:.0f}%), the whole train "
-          f"loader {timed['build_train_loader_s']:.1f} s")  # fmt: skip
+    print(
+        f"  {num_images} images, {out['boxes']} boxes: Trainer(cfg) {total:.1f} s, of which "
+        f"loading the json into dataset dicts {timed['load_dataset_dicts_s']:.1f} s, checks "
+        f"{timed['checks_s']:.1f} s ({100 * out['checks_share']:.0f}%), the whole train "
+        f"loader {timed['build_train_loader_s']:.1f} s"
+    )
     return out
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", action="store_true", help="run only sections 7-9 (at scale)")
-    p.add_argument("--coco-size-images", type=int, default=5000,
-                   help="images of the generated validation set of section 7")  # fmt: skip
-    p.add_argument("--checks-images", type=int, default=118_000,
-                   help="images of the generated training set of section 9")  # fmt: skip
+    p.add_argument(
+        "--coco-size-images",
+        type=int,
+        default=5000,
+        help="images of the generated validation set of section 7",
+    )
+    p.add_argument(
+        "--checks-images",
+        type=int,
+        default=118_000,
+        help="images of the generated training set of section 9",
+    )
 
 
 def scale_sections(args: argparse.Namespace, repeats: int) -> Dict[str, object]:
@@ -945,21 +1089,32 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="fewer repeats and box counts")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--skip", nargs="*", default=[], help="sections to skip: inference export "
-                   "train share assign coco ap cocosize loader checks atss rt")  # fmt: skip
-    p.add_argument("--weights", default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
-                   help="trained model for the bf16-vs-fp32 AP check (section 6)")
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="sections to skip: inference export "
+        "train share assign coco ap cocosize loader checks atss rt",
+    )
+    p.add_argument(
+        "--weights",
+        default=os.path.join(ROOT, "output/quickstart/model_final.pth"),
+        help="trained model for the bf16-vs-fp32 AP check (section 6)",
+    )
     p.add_argument("--weights-config", default=os.path.join(ROOT, "configs/quickstart.yaml"))
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16"],
-                   help="what the 'bf16' paths run in: 'auto' (bf16 where the CPU executes it "
-                   "natively, else fp32, so that no path is slower than fp32 unasked) or "
-                   "'bf16' (always; emulated, and slow, on other CPUs). The JSON records "
-                   "what each path ran in (precision_ran)")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16"],
+        help="what the 'bf16' paths run in: 'auto' (bf16 where the CPU executes it "
+        "natively, else fp32, so that no path is slower than fp32 unasked) or "
+        "'bf16' (always; emulated, and slow, on other CPUs). The JSON records "
+        "what each path ran in (precision_ran)",
+    )
     add_scale_arguments(p)
     args = p.parse_args(argv)
     if args.scale:
-        args.skip += ["inference", "export", "train", "share", "assign", "coco", "ap", "atss",
-                      "rt"]
+        args.skip += ["inference", "export", "train", "share", "assign", "coco", "ap", "atss", "rt"]
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 10
     print(f"torch {torch.__version__}, {args.threads} threads, detectron2 {compat.D2_VERSION}")
@@ -967,8 +1122,9 @@ def main(argv=None) -> dict:
     tv = seeded_torchvision_fcos(seed=0, num_classes=91).eval()
     ours, ours_cfg = fcos_d2_twin(tv)
     ours.eval()
-    plain, _ = fcos_d2_twin(tv, "MODEL.FCOS.FOLD_FROZEN_BN", "False",
-                            "MODEL.FCOS.CHANNELS_LAST", "False")  # fmt: skip
+    plain, _ = fcos_d2_twin(
+        tv, "MODEL.FCOS.FOLD_FROZEN_BN", "False", "MODEL.FCOS.CHANNELS_LAST", "False"
+    )
     plain.eval()
     REDUCED.update(eager=args.precision, export=args.precision)
     bf16, _ = fcos_d2_twin(tv, "MODEL.FCOS.INFERENCE_PRECISION", args.precision)
@@ -978,13 +1134,15 @@ def main(argv=None) -> dict:
     results: Dict[str, object] = {
         "threads": args.threads,
         "torch": torch.__version__,
-        "cpu": {"model": cpu_model_name(), **dataclasses.asdict(cap),
-                "native_bf16": cap.native_bf16},
+        "cpu": {
+            "model": cpu_model_name(),
+            **dataclasses.asdict(cap),
+            "native_bf16": cap.native_bf16,
+        },
         "requested_reduced_precision": args.precision,
         "precision_ran": RAN,
-    }  # fmt: skip
-    print(f"CPU: {cpu_model_name()}, {cap.describe()}; reduced-precision paths: "
-          f"{args.precision!r}")  # fmt: skip
+    }
+    print(f"CPU: {cpu_model_name()}, {cap.describe()}; reduced-precision paths: {args.precision!r}")
     ratios: Dict[str, float] = {}
     if "inference" not in args.skip:
         print("1. inference (images/s)")
@@ -1009,8 +1167,9 @@ def main(argv=None) -> dict:
     share_model = copy.deepcopy(ours)
     if "train" not in args.skip:
         print("2. training step (batch 2, 512x512, 10 boxes/image)")
-        amp, _ = fcos_d2_twin(tv, "SOLVER.AMP.ENABLED", "True",
-                              "SOLVER.AMP.CPU_PRECISION", args.precision)  # fmt: skip
+        amp, _ = fcos_d2_twin(
+            tv, "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.CPU_PRECISION", args.precision
+        )
         RAN["train_step_bf16"] = amp.train_precision or "fp32"
         tr = training_section(tv, ours, repeats, ours_bf16=amp)
         results["train_step"] = tr

@@ -13,6 +13,7 @@ detections have the highest F1 at IoU 0.5, written as JSON for tools/demo.py
 The detections are those COCOEvaluator wrote (``coco_instances_results.json``); the
 ground truth is a COCO json (--gt-json) or that of a registered dataset (--dataset).
 """
+
 import argparse
 import contextlib
 import io
@@ -72,9 +73,12 @@ def main(argv=None) -> list:
         coco_gt = COCO(gt_json)
     per_class = f1_optimal_thresholds(coco_gt, detections, iou=args.iou, max_dets=args.max_dets)
     save_class_thresholds(
-        args.output, per_class, iou=args.iou, results=os.path.abspath(args.results),
+        args.output,
+        per_class,
+        iou=args.iou,
+        results=os.path.abspath(args.results),
         ground_truth=os.path.abspath(gt_json),
-    )  # fmt: skip
+    )
     print(f"{'class':<16} {'threshold':>9} {'F1':>6} {'prec.':>6} {'recall':>6} {'GT':>6}")
     for c in per_class:
         t = "never" if c["threshold"] is None else f"{c['threshold']:.4f}"

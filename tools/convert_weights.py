@@ -31,18 +31,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, help="fail unless the result has this many classes")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--coco-80", dest="coco_80", action="store_true", default=None,
+        "--coco-80",
+        dest="coco_80",
+        action="store_true",
+        default=None,
         help="torchvision: keep the 80 COCO classes of its 91 outputs (default for 91)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--keep-all-classes", dest="coco_80", action="store_false",
+        "--keep-all-classes",
+        dest="coco_80",
+        action="store_false",
         help="torchvision: keep all of its outputs (91 for COCO)",
-    )  # fmt: skip
+    )
     p.add_argument("--config-file", help="check that the result loads into this config's model")
     p.add_argument(
-        "--allow-pickle", action="store_true",
+        "--allow-pickle",
+        action="store_true",
         help="also unpickle Python objects in the input (only for files you trust)",
-    )  # fmt: skip
+    )
     return p.parse_args(argv)
 
 
@@ -82,9 +88,13 @@ def main(argv=None) -> None:
     out = args.output + ".unchecked" if args.config_file else args.output
     try:
         result = convert_checkpoint(
-            args.input, out, args.source, num_classes=args.num_classes,
-            coco_80=args.coco_80, allow_pickle=args.allow_pickle,
-        )  # fmt: skip
+            args.input,
+            out,
+            args.source,
+            num_classes=args.num_classes,
+            coco_80=args.coco_80,
+            allow_pickle=args.allow_pickle,
+        )
         for line in report(result):
             print(line)
         if args.config_file:

@@ -9,6 +9,7 @@ Run a trained FCOS model on images, folders of images or videos and write visual
 Detections are drawn from a score of --confidence-threshold, or with per-class thresholds
 from --class-thresholds FILE (written by tools/class_thresholds.py).
 """
+
 import argparse
 import glob
 import os
@@ -38,11 +39,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config-file", required=True)
     p.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
     p.add_argument("--output", required=True, help="folder for the visualisations")
-    p.add_argument("--confidence-threshold", type=float, default=0.3,
-                   help="one score threshold for all classes")  # fmt: skip
-    p.add_argument("--class-thresholds", metavar="JSON",
-                   help="per-class score thresholds (tools/class_thresholds.py); "
-                   "replaces --confidence-threshold")  # fmt: skip
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.3,
+        help="one score threshold for all classes",
+    )
+    p.add_argument(
+        "--class-thresholds",
+        metavar="JSON",
+        help="per-class score thresholds (tools/class_thresholds.py); "
+        "replaces --confidence-threshold",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     return p.parse_args(argv)

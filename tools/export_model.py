@@ -39,17 +39,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--output", required=True, help="folder to write the model into")
     p.add_argument(
-        "--network-only", action="store_true",
+        "--network-only",
+        action="store_true",
         help="ONNX of backbone + head only (raw per-level outputs; the runtime post-processes)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--sample-size", type=int, nargs=2, default=(320, 416), metavar=("H", "W"),
+        "--sample-size",
+        type=int,
+        nargs=2,
+        default=(320, 416),
+        metavar=("H", "W"),
         help="image size traced with (the exported model takes any size >= 129)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--check", type=int, default=0, metavar="N",
+        "--check",
+        type=int,
+        default=0,
+        metavar="N",
         help="compare with eager inference on N test images and 3 made ones (see above)",
-    )  # fmt: skip
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS")
     return p.parse_args(argv)
 
@@ -92,20 +100,26 @@ def main(argv=None) -> str:
     FCOSCheckpointer(model, strict=True).load(weights)
     model.eval()
     path = export_model(
-        model, cfg, args.output, args.format, network_only=args.network_only,
+        model,
+        cfg,
+        args.output,
+        args.format,
+        network_only=args.network_only,
         sample_size=args.sample_size,
-    )  # fmt: skip
+    )
     print(f"wrote {path} and {os.path.splitext(path)[0]}.json")
     if args.check > 0:
         from fcos_d2.export import PARITY_BOX_TOL, PARITY_SCORE_TOL, compare_with_eager
 
         report = compare_with_eager(model, path, parity_inputs(cfg, args.check))
         for name, row in report.items():
-            print(f"{name}: {row['images']} images, {row['detections']} detections (eager; "
-                  f"{row['fewest_per_image']}-{row['most_per_image']} per image); "
-                  f"count differs on {row['count_differs']}, classes on "
-                  f"{row['classes_differ']}; max box difference {row['max_box_diff']:.2e} px, "
-                  f"max score difference {row['max_score_diff']:.2e}")  # fmt: skip
+            print(
+                f"{name}: {row['images']} images, {row['detections']} detections (eager; "
+                f"{row['fewest_per_image']}-{row['most_per_image']} per image); "
+                f"count differs on {row['count_differs']}, classes on "
+                f"{row['classes_differ']}; max box difference {row['max_box_diff']:.2e} px, "
+                f"max score difference {row['max_score_diff']:.2e}"
+            )
         if not all(row["agree"] for row in report.values()):
             raise ParityError(
                 f"the exported model differs from eager inference by more than "

@@ -5,7 +5,7 @@
 # (ONNX, ONNX Runtime, OpenVINO) and fcos_d2 itself (editable).
 #
 # Detectron2 is not on PyPI. By default it is built from the `pb1-detectron2`
-# sdist (upstream v0.6 sources) without its C++ extension (README, "Installing
+# sdist (upstream v0.6 sources) without its C++ extension (docs/install.md, "Installing
 # Detectron2"). To use your own Detectron2 instead, set
 #   FCOS_D2_DETECTRON2=<pip spec | wheel | path to a source checkout>
 # before running this script (it is installed with --no-build-isolation, so a
@@ -22,7 +22,7 @@ TORCH_SPEC=(torch==2.14.1 torchvision==0.29.1)
 # Pins: Pillow<10 (D2 0.6 uses PIL.Image.LINEAR), setuptools<80 (pkg_resources,
 # and --no-build-isolation for from-source Detectron2 builds). faster-coco-eval: the
 # COCOeval that COCOEvaluator uses where Detectron2 has no C++ one (8x pycocotools at
-# COCO size, same metrics: README, Performance).
+# COCO size, same metrics: docs/benchmarks.md).
 EXTRA_SPEC=("Pillow<10" "setuptools<80" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10"
             pycocotools "faster-coco-eval>=1.8,<2" opencv-python-headless "pytest>=8"
             "ruff==0.17.6")

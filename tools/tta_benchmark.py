@@ -13,6 +13,7 @@ scales (TEST.AUG.MIN_SIZES, each with its flip; NMS merge) and the same with box
 The TTA settings read each image at its own size, as ``Trainer.test_with_TTA`` does, so
 their AP is the one train_net.py prints with TEST.AUG.ENABLED True.
 """
+
 import argparse
 import json
 import os
@@ -82,11 +83,13 @@ def main(argv=None) -> dict:
         ),
         f"flip + {len(sizes)} scales, voting": (
             FCOSWithTTA(
-                model, tta_mapper=DatasetMapperTTA(sizes, aug_max, True), merge="voting",
+                model,
+                tta_mapper=DatasetMapperTTA(sizes, aug_max, True),
+                merge="voting",
                 voting_iou=cfg.MODEL.FCOS.TTA_VOTING_IOU,
             ),
             original_mapper,
-        ),  # fmt: skip
+        ),
     }
     evaluators = {k: PRCurveCOCOEvaluator(name, output_dir=None) for k in settings}
     seconds = {k: 0.0 for k in settings}
@@ -107,9 +110,12 @@ def main(argv=None) -> dict:
     for k in keys:
         bbox = evaluators[k].evaluate(img_ids=image_ids)["bbox"]
         figures[k] = {
-            "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"],
-            "s_per_image": seconds[k] / len(dicts), "time_ratio": seconds[k] / seconds["none"],
-        }  # fmt: skip
+            "AP": bbox["AP"],
+            "AP50": bbox["AP50"],
+            "AP75": bbox["AP75"],
+            "s_per_image": seconds[k] / len(dicts),
+            "time_ratio": seconds[k] / seconds["none"],
+        }
     print(f"\n{len(dicts)} images of {name}, {torch.get_num_threads()} threads")
     print(f"{'setting':<28} {'AP':>6} {'AP50':>6} {'AP75':>6} {'s/image':>8} {'x time':>7}")
     for k, f in figures.items():
@@ -120,11 +126,19 @@ def main(argv=None) -> dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"config": args.config_file, "weights": args.weights, "dataset": name,
-                 "images": len(dicts), "threads": torch.get_num_threads(),
-                 "test_size": test_size, "tta_sizes": sizes, "settings": figures},
-                f, indent=2,
-            )  # fmt: skip
+                {
+                    "config": args.config_file,
+                    "weights": args.weights,
+                    "dataset": name,
+                    "images": len(dicts),
+                    "threads": torch.get_num_threads(),
+                    "test_size": test_size,
+                    "tta_sizes": sizes,
+                    "settings": figures,
+                },
+                f,
+                indent=2,
+            )
     return figures
 
 

@@ -22,10 +22,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Lavin & Gray's F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2, infinity.
-B_T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]  # fmt: skip
-G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-     [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]  # fmt: skip
+B_T = [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+]
+G = [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+]
 A_T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
 
 
@@ -95,8 +107,11 @@ def main() -> Dict[str, float]:
     for name, m in (("direct", conv), ("winograd", wino)):
         path = os.path.join(folder, f"{name}.onnx")
         torch.onnx.export(m, (x,), path, opset_version=17, dynamo=False, input_names=["x"])
-        compiled = core.compile_model(core.read_model(path), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads})  # fmt: skip
+        compiled = core.compile_model(
+            core.read_model(path),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads},
+        )
         out[f"openvino_{name}_diff"] = float(np.abs(compiled([xn])[0] - ref.numpy()).max())
         out[f"openvino_{name}_ms"] = 1e3 * best_of(lambda c=compiled: c([xn]), args.repeats)
     for k, v in out.items():

@@ -133,10 +133,15 @@ def sanitize_dataset_dicts(
     rec = np.asarray(rec_ids, dtype=np.int64)
     xyxy = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     size = np.array(
-        [[np.nan if d.get("width") is None else d["width"],
-          np.nan if d.get("height") is None else d["height"]] for d in dicts],
+        [
+            [
+                np.nan if d.get("width") is None else d["width"],
+                np.nan if d.get("height") is None else d["height"],
+            ]
+            for d in dicts
+        ],
         dtype=np.float64,
-    ).reshape(-1, 2)[rec]  # fmt: skip
+    ).reshape(-1, 2)[rec]
     with np.errstate(invalid="ignore"):
         good = np.isfinite(xyxy).all(1) & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         sized = ~np.isnan(size).any(1) & good

@@ -28,8 +28,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: What torchrun sets for each worker; all are needed once one of the first four is set.
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                 "MASTER_PORT")  # fmt: skip
+TORCHRUN_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 #: What srun sets for each task (the tasks per machine may come from SLURM_TASKS_PER_NODE).
 SLURM_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE")
 #: Without MASTER_PORT, SLURM jobs use this port plus SLURM_JOB_ID modulo 20000.
@@ -121,13 +127,20 @@ def _torchrun_env(env: Mapping[str, str]) -> Optional[ProcessGroupEnv]:
     missing = [k for k in TORCHRUN_VARS if k not in env]
     if missing:
         raise _missing_error(
-            "torchrun", markers, missing,
+            "torchrun",
+            markers,
+            missing,
             "set all of " + ", ".join(TORCHRUN_VARS) + " (torchrun does), or none",
-        )  # fmt: skip
+        )
     return _validated(
-        "torchrun", _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK"),
-        _int(env, "LOCAL_WORLD_SIZE"), env["MASTER_ADDR"], _int(env, "MASTER_PORT"),
-    )  # fmt: skip
+        "torchrun",
+        _int(env, "RANK"),
+        _int(env, "WORLD_SIZE"),
+        _int(env, "LOCAL_RANK"),
+        _int(env, "LOCAL_WORLD_SIZE"),
+        env["MASTER_ADDR"],
+        _int(env, "MASTER_PORT"),
+    )
 
 
 def _tasks_per_node(env: Mapping[str, str]) -> Optional[int]:
@@ -172,17 +185,24 @@ def _slurm_env(env: Mapping[str, str]) -> Optional[ProcessGroupEnv]:
         logger.warning(
             "SLURM_NTASKS=%d but no SLURM_STEP_ID: if this is the batch script itself rather "
             "than a task started by srun, it waits for %d other tasks; start train_net.py "
-            "with srun", ntasks, ntasks - 1,
-        )  # fmt: skip
+            "with srun",
+            ntasks,
+            ntasks - 1,
+        )
     addr = env.get("MASTER_ADDR") or first_slurm_host(env["SLURM_JOB_NODELIST"])
     if "MASTER_PORT" in env:
         port = _int(env, "MASTER_PORT")
     else:
         port = SLURM_BASE_PORT + _int(env, "SLURM_JOB_ID") % 20000
     return _validated(
-        "SLURM", _int(env, "SLURM_PROCID"), ntasks, _int(env, "SLURM_LOCALID"), per_node,
-        addr, port,
-    )  # fmt: skip
+        "SLURM",
+        _int(env, "SLURM_PROCID"),
+        ntasks,
+        _int(env, "SLURM_LOCALID"),
+        per_node,
+        addr,
+        port,
+    )
 
 
 def _validated(

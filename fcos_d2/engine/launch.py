@@ -71,9 +71,13 @@ def launch(
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1 or torch.cuda.is_available():
         d2_launch(
-            main_func, num_gpus_per_machine, num_machines=num_machines,
-            machine_rank=machine_rank, dist_url=dist_url, args=args,
-        )  # fmt: skip
+            main_func,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+        )
         return
     if dist_url in (None, "auto"):
         if num_machines != 1:
@@ -120,9 +124,12 @@ def _cpu_worker(
 
     def join() -> None:
         dist.init_process_group(
-            backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
+            backend="gloo",
+            init_method=dist_url,
+            world_size=world_size,
+            rank=global_rank,
             timeout=timeout,
-        )  # fmt: skip
+        )
         compat.create_local_process_group(num_workers_per_machine)
         comm.synchronize()
 
@@ -169,9 +176,13 @@ def _join_and_run(
     def join() -> None:
         store = _agent_store(pg, timeout)
         dist.init_process_group(
-            backend=backend, init_method=None if store else pg.init_method, store=store,
-            world_size=pg.world_size, rank=pg.rank, timeout=timeout,
-        )  # fmt: skip
+            backend=backend,
+            init_method=None if store else pg.init_method,
+            store=store,
+            world_size=pg.world_size,
+            rank=pg.rank,
+            timeout=timeout,
+        )
         compat.create_local_process_group(pg.local_world_size)
         comm.synchronize()
 

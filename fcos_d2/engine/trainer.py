@@ -54,14 +54,18 @@ def argument_parser() -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` plus options for COCO-format data by path."""
     parser = default_argument_parser()
     parser.add_argument(
-        "--coco-train", nargs=2, metavar=("JSON", "IMAGE_DIR"),
+        "--coco-train",
+        nargs=2,
+        metavar=("JSON", "IMAGE_DIR"),
         help="train on a COCO-format dataset (sets DATASETS.TRAIN and, unless given, "
         "MODEL.FCOS.NUM_CLASSES from its categories)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--coco-test", nargs=2, metavar=("JSON", "IMAGE_DIR"),
+        "--coco-test",
+        nargs=2,
+        metavar=("JSON", "IMAGE_DIR"),
         help="evaluate on a COCO-format dataset (sets DATASETS.TEST)",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -285,9 +289,11 @@ class Trainer(DefaultTrainer):
             bn_cfg.DATALOADER.NUM_WORKERS = 0  # as DefaultTrainer: a loader of its own
             ret.append(
                 hooks.PreciseBN(
-                    cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(bn_cfg),
+                    cfg.TEST.EVAL_PERIOD,
+                    self.model,
+                    self.build_train_loader(bn_cfg),
                     cfg.TEST.PRECISE_BN.NUM_ITER,
-                )  # fmt: skip
+                )
             )
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -298,9 +304,11 @@ class Trainer(DefaultTrainer):
             if cfg.TEST.BEST_CHECKPOINT_METRIC:
                 ret.append(
                     BestCheckpointer(
-                        cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.TEST.BEST_CHECKPOINT_METRIC,
+                        cfg.TEST.EVAL_PERIOD,
+                        self.checkpointer,
+                        cfg.TEST.BEST_CHECKPOINT_METRIC,
                         mode=cfg.TEST.BEST_CHECKPOINT_MODE,
-                    )  # fmt: skip
+                    )
                 )
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
         return ret

@@ -82,11 +82,12 @@ def f1_optimal_thresholds(
     # Ground truth that counts: not crowd, not marked "ignore" (COCOeval's rule).
     num_gt = {
         c: sum(
-            1 for a in coco_gt.loadAnns(coco_gt.getAnnIds(catIds=[c]))
+            1
+            for a in coco_gt.loadAnns(coco_gt.getAnnIds(catIds=[c]))
             if not (a.get("iscrowd", 0) or a.get("ignore", 0))
         )
         for c in cat_ids
-    }  # fmt: skip
+    }
     if detections:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             coco_dt = coco_gt.loadRes(list(detections))
@@ -107,9 +108,14 @@ def f1_optimal_thresholds(
         s = np.concatenate(scores[c]) if scores[c] else np.zeros(0)
         m = np.concatenate(matched[c]) if matched[c] else np.zeros(0, bool)
         results.append(
-            {"category_id": c, "name": coco_gt.cats[c]["name"], **_best_f1(s, m, num_gt[c]),
-             "num_gt": num_gt[c], "num_detections": int(len(s))}
-        )  # fmt: skip
+            {
+                "category_id": c,
+                "name": coco_gt.cats[c]["name"],
+                **_best_f1(s, m, num_gt[c]),
+                "num_gt": num_gt[c],
+                "num_detections": int(len(s)),
+            }
+        )
     return results
 
 

@@ -79,11 +79,17 @@ def plot_pr_curves(
             if not valid[k]:
                 continue
             label = None if many else f"{name} (AP {100 * p[:, k].mean():.1f})"
-            ax.plot(recall, p[:, k], lw=0.8 if many else 1.3, alpha=0.5 if many else 0.9,
-                    label=label)  # fmt: skip
+            ax.plot(
+                recall, p[:, k], lw=0.8 if many else 1.3, alpha=0.5 if many else 0.9, label=label
+            )
         if mean is not None:
-            ax.plot(recall, mean, color="black", lw=2.5,
-                    label=f"all classes (AP {100 * mean.mean():.1f})")  # fmt: skip
+            ax.plot(
+                recall,
+                mean,
+                color="black",
+                lw=2.5,
+                label=f"all classes (AP {100 * mean.mean():.1f})",
+            )
         ax.set_title(f"IoU {iou:g}" + (f", {int(valid.sum())} classes" if many else ""))
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")

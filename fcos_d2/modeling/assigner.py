@@ -211,9 +211,16 @@ def match_locations_to_boxes(
         if len(idx) == 0:
             continue
         found = _match_chunk(
-            locations[sl], size_lo[sl], size_hi[sl], radii[sl], gt_boxes[idx], areas[idx],
-            centers[idx], center_sampling, closed,
-        )  # fmt: skip
+            locations[sl],
+            size_lo[sl],
+            size_hi[sl],
+            radii[sl],
+            gt_boxes[idx],
+            areas[idx],
+            centers[idx],
+            center_sampling,
+            closed,
+        )
         out[sl] = torch.where(found >= 0, idx[found.clamp(min=0)], -1)
     return out
 
@@ -280,9 +287,16 @@ class FCOSAssigner:
     ) -> Tensor:
         """(L,) matched box index (-1 = background) for one image."""
         return match_locations_to_boxes(
-            locations, size_lo, size_hi, strides, gt_boxes,
-            self.center_sampling_radius, self.max_pairs, self.size_range_bounds, self.match_area,
-        )  # fmt: skip
+            locations,
+            size_lo,
+            size_hi,
+            strides,
+            gt_boxes,
+            self.center_sampling_radius,
+            self.max_pairs,
+            self.size_range_bounds,
+            self.match_area,
+        )
 
     @torch.no_grad()
     def __call__(

@@ -152,8 +152,8 @@ def atss_match(
         px = xs[idx % len(xs)]
         py = ys[torch.div(idx, len(xs), rounding_mode="floor")]
         half = anchor_scale * float(stride) / 2
-        iw = (torch.minimum(px + half, boxes[:, 2:3]) - torch.maximum(px - half, boxes[:, 0:1]))
-        ih = (torch.minimum(py + half, boxes[:, 3:4]) - torch.maximum(py - half, boxes[:, 1:2]))
+        iw = torch.minimum(px + half, boxes[:, 2:3]) - torch.maximum(px - half, boxes[:, 0:1])
+        ih = torch.minimum(py + half, boxes[:, 3:4]) - torch.maximum(py - half, boxes[:, 1:2])
         inter = iw.clamp(min=0) * ih.clamp(min=0)
         box_area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None]
         cand_iou.append(inter / (box_area + (2 * half) ** 2 - inter))

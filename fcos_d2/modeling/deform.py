@@ -78,9 +78,15 @@ def deform_conv(
     )
     with torch.autocast(x.device.type, enabled=False):
         return deform_conv2d(
-            x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation,
+            x,
+            offset,
+            weight,
+            bias,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
             mask=mask,
-        )  # fmt: skip
+        )
 
 
 class DeformConvFallback(DeformConv):

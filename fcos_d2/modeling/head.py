@@ -172,8 +172,9 @@ class FCOSHead(nn.Module):
             if isinstance(layer, DeformableConv2d):
                 x = layer(x, weight, bias)
             else:
-                x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation,
-                             layer.groups)  # fmt: skip
+                x = F.conv2d(
+                    x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups
+                )
             i += 2  # the norm is folded in
         return x
 

@@ -90,7 +90,9 @@ def fcos_postprocess(
     if overrides:
         p = p.replace(**overrides)
     score_thresh, topk_candidates, max_detections = (
-        p.score_thresh, p.topk_candidates, p.max_detections
+        p.score_thresh,
+        p.topk_candidates,
+        p.max_detections,
     )
     n, _, num_classes = logits.shape
     cls_prob = logits.float().sigmoid()
@@ -126,9 +128,13 @@ def fcos_postprocess(
     nms_boxes = boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0]) if p.nms_plus_one else boxes
     groups = torch.arange(n, device=cls.device)[:, None] * num_classes + cls  # (image, class)
     kept = batched_nms_mask(
-        nms_boxes.reshape(-1, 4), cand_scores.reshape(-1), groups.reshape(-1),
-        valid.reshape(-1), float(p.nms_thresh), n * num_classes,
-    ).reshape(valid.shape)  # fmt: skip
+        nms_boxes.reshape(-1, 4),
+        cand_scores.reshape(-1),
+        groups.reshape(-1),
+        valid.reshape(-1),
+        float(p.nms_thresh),
+        n * num_classes,
+    ).reshape(valid.shape)
 
     final = torch.where(kept, cand_scores, -1.0)
     if final.shape[1] < max_detections:
@@ -169,8 +175,10 @@ def fcos_inference(
         size = tuple(int(v) for v in image_sizes[i])
         results.append(
             Instances(
-                size, pred_boxes=Boxes(det.boxes[i][keep]), scores=det.scores[i][keep],
+                size,
+                pred_boxes=Boxes(det.boxes[i][keep]),
+                scores=det.scores[i][keep],
                 pred_classes=det.classes[i][keep],
-            )  # fmt: skip
+            )
         )
     return results

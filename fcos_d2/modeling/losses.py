@@ -129,9 +129,12 @@ def fcos_losses(
     if isinstance(iou_smooth, Tensor):
         iou_smooth = iou_smooth.expand(pos.shape).reshape(-1)
     loc = iou_loss(
-        preds.reshape(-1, 4), targets.reshape(-1, 4), loc_loss_type, reduction="none",
+        preds.reshape(-1, 4),
+        targets.reshape(-1, 4),
+        loc_loss_type,
+        reduction="none",
         smooth=iou_smooth,
-    )  # fmt: skip
+    )
     loc = loc.reshape(pos.shape) * posf
     if loc_weight_by_centerness:
         loc_normalizer = average_across_workers(ctr_targets.sum()).clamp(min=1e-6)
@@ -139,8 +142,7 @@ def fcos_losses(
     else:
         loss_loc = loc.sum() / num_pos
     loss_ctr = (
-        F.binary_cross_entropy_with_logits(centerness.float(), ctr_targets, reduction="none")
-        * posf
+        F.binary_cross_entropy_with_logits(centerness.float(), ctr_targets, reduction="none") * posf
     ).sum()
     return {
         "loss_fcos_cls": loss_cls / num_pos * weights["loss_fcos_cls"],

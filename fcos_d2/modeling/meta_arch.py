@@ -211,9 +211,13 @@ class FCOS(DenseDetector):
         shapes = [tuple(x.shape[-2:]) for x in features]
         p = self.postprocessing
         return compute_locations(
-            shapes, self.strides, p.location_offset, features[0].device,
-            mode=p.location_stride, padded_size=padded_size,
-        )  # fmt: skip
+            shapes,
+            self.strides,
+            p.location_offset,
+            features[0].device,
+            mode=p.location_stride,
+            padded_size=padded_size,
+        )
 
     def iou_smoothing(self, locations: List[Tensor]) -> Union[float, Tensor]:
         """The IoU loss's smoothing term in pixels^2: a float, or (L,) per location."""

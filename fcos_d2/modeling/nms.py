@@ -25,9 +25,13 @@ __all__ = [
 
 @torch.library.custom_op("fcos_d2::batched_nms_mask", mutates_args=())
 def batched_nms_mask(
-    boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    valid: Tensor,
+    iou_threshold: float,
     num_groups: int,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """
     Args:
         boxes: (K, 4) (x0, y0, x1, y1); scores: (K,); groups: (K,) int64 in
@@ -73,9 +77,13 @@ def register_nms_fake_for_export() -> None:
 
 
 def decompose_batched_nms_mask(
-    boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float,
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    valid: Tensor,
+    iou_threshold: float,
     num_groups: int,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """
     :func:`batched_nms_mask` from torchvision's ``nms`` alone (for ``torch.export`` programs):
     the valid boxes of group g move by g times the boxes' extent, in float64 so that the
@@ -98,8 +106,9 @@ def onnx_batched_nms_mask(
 
     first = op.Constant(value_ints=[0])
     k = op.Shape(scores)  # (1,)
-    ids = op.Range(op.Constant(value_int=0), op.Constant(value_int=num_groups),
-                   op.Constant(value_int=1))  # fmt: skip
+    ids = op.Range(
+        op.Constant(value_int=0), op.Constant(value_int=num_groups), op.Constant(value_int=1)
+    )
     member = op.And(
         op.Equal(op.Unsqueeze(groups, first), op.Unsqueeze(ids, op.Constant(value_ints=[1]))),
         op.Unsqueeze(valid, first),

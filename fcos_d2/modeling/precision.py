@@ -98,7 +98,7 @@ def _torch_cpu_query(name: str) -> Optional[bool]:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_capability() -> CPUCapability:
     """
     The CPU's capability: torch's own queries (``torch.backends.cpu.get_cpu_capability``,

@@ -82,9 +82,11 @@ def merge_detections(
         voted = (weights @ boxes) / total.clamp(min=torch.finfo(total.dtype).tiny)
         kept_boxes = torch.where(total > 0, voted, kept_boxes)
     result = Instances(
-        tuple(image_size), pred_boxes=Boxes(kept_boxes), scores=scores[keep],
+        tuple(image_size),
+        pred_boxes=Boxes(kept_boxes),
+        scores=scores[keep],
         pred_classes=classes[keep],
-    )  # fmt: skip
+    )
     result.pred_boxes.clip(tuple(image_size))
     return result
 

@@ -1,7 +1,9 @@
 """MODEL.FCOS.COMPILE: torch.compile of backbone + head gives the eager outputs (slow)."""
+
 import pytest
 import torch
 from detectron2.modeling import build_model
+
 from helpers import ddp_batch, small_fcos_cfg
 
 

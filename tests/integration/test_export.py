@@ -5,6 +5,7 @@ post-processing, and the torch.export program give eager fcos-d2's detections at
 sizes other than the export size; the runtime class runs without torch.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -28,14 +29,15 @@ from fcos_d2.deploy import (
 from fcos_d2.errors import InputError
 from fcos_d2.export import compare_with_eager, exported_runners
 from fcos_d2.postprocess import PostProcessing
+from helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import export_model as export_tool  # noqa: E402
-from helpers import tiny_env  # noqa: E402
 
-ort = pytest.importorskip("onnxruntime")
-ov = pytest.importorskip("openvino")
+# The README's set-up (tools/setup_env.sh) installs both runtimes: missing is a failure.
+import onnxruntime as ort  # noqa: E402
+
+from helpers import tiny_env  # noqa: E402
 
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
 EXPORT_SIZE = (320, 416)
@@ -84,8 +86,18 @@ def exported(tmp_path_factory):
         weights = str(root / f"{name}.pth")
         torch.save({"model": model.state_dict()}, weights)
         for fmt, network_only in formats:
-            argv = ["--config-file", QUICKSTART, "--format", fmt, "--output", str(root / name),
-                    "--sample-size", *map(str, EXPORT_SIZE), "MODEL.WEIGHTS", weights]  # fmt: skip
+            argv = [
+                "--config-file",
+                QUICKSTART,
+                "--format",
+                fmt,
+                "--output",
+                str(root / name),
+                "--sample-size",
+                *map(str, EXPORT_SIZE),
+                "MODEL.WEIGHTS",
+                weights,
+            ]
             if network_only:
                 argv.insert(-2, "--network-only")
             path = export_tool.main(argv)
@@ -121,8 +133,11 @@ def runners(exported, name):
     """Callables (image (3, h, w) tensor, original (h, w)) -> (boxes, scores, classes) of
     every exported format of ``name``."""
     funcs = {}
-    for key, prefix in [((name, "onnx", False), ""), ((name, "onnx", True), "network_only_"),
-                        ((name, "torch_export", False), "")]:  # fmt: skip
+    for key, prefix in [
+        ((name, "onnx", False), ""),
+        ((name, "onnx", True), "network_only_"),
+        ((name, "torch_export", False), ""),
+    ]:
         if key in exported:
             for label, run in exported_runners(exported[key], num_threads=2).items():
                 funcs[prefix + label] = run
@@ -265,12 +280,23 @@ def test_numpy_nms_matches_torchvision():
 
 
 def test_numpy_postprocess_with_no_candidates():
-    meta = {"strides": [8, 16], "location_stride": "level", "location_offset": 0.5,
-            "score_thresh": 0.05, "topk_candidates": 1000, "sqrt_score": False,
-            "thresh_with_centerness": False, "clip": "image", "nms_plus_one": False,
-            "nms_thresh": 0.6, "max_detections": 100}  # fmt: skip
-    levels = [(np.full((3, 4, 6), -10.0), np.ones((4, 4, 6)), np.zeros((1, 4, 6))),
-              (np.full((3, 2, 3), -10.0), np.ones((4, 2, 3)), np.zeros((1, 2, 3)))]  # fmt: skip
+    meta = {
+        "strides": [8, 16],
+        "location_stride": "level",
+        "location_offset": 0.5,
+        "score_thresh": 0.05,
+        "topk_candidates": 1000,
+        "sqrt_score": False,
+        "thresh_with_centerness": False,
+        "clip": "image",
+        "nms_plus_one": False,
+        "nms_thresh": 0.6,
+        "max_detections": 100,
+    }
+    levels = [
+        (np.full((3, 4, 6), -10.0), np.ones((4, 4, 6)), np.zeros((1, 4, 6))),
+        (np.full((3, 2, 3), -10.0), np.ones((4, 2, 3)), np.zeros((1, 2, 3))),
+    ]
     boxes, scores, classes = postprocess(levels, (30, 44), PostProcessing.from_dict(meta))
     assert boxes.shape == (0, 4) and len(scores) == 0 and len(classes) == 0
 
@@ -287,14 +313,26 @@ def test_export_tool_refuses_bad_requests(tmp_path):
     weights = str(tmp_path / "w.pth")
     torch.save({"model": build_model(quickstart_cfg()).state_dict()}, weights)
     with pytest.raises(InputError, match="INFERENCE_PRECISION 'bf16'"):
-        export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", weights,
-                                 "MODEL.FCOS.INFERENCE_PRECISION", "bf16"])  # fmt: skip
+        export_tool.main(
+            base
+            + [
+                "--format",
+                "onnx",
+                "MODEL.WEIGHTS",
+                weights,
+                "MODEL.FCOS.INFERENCE_PRECISION",
+                "bf16",
+            ]
+        )
     with pytest.raises(InputError, match="deformable convolution .* has no ONNX export"):
-        export_tool.main(base + ["--format", "onnx", "MODEL.WEIGHTS", weights,
-                                 "MODEL.FCOS.USE_DEFORMABLE", "True"])  # fmt: skip
+        export_tool.main(
+            base
+            + ["--format", "onnx", "MODEL.WEIGHTS", weights, "MODEL.FCOS.USE_DEFORMABLE", "True"]
+        )
     with pytest.raises(InputError, match="--network-only exports ONNX only"):
-        export_tool.main(base + ["--format", "torch_export", "--network-only",
-                                 "MODEL.WEIGHTS", weights])  # fmt: skip
+        export_tool.main(
+            base + ["--format", "torch_export", "--network-only", "MODEL.WEIGHTS", weights]
+        )
     with pytest.raises(InputError, match="config file not found"):
         export_tool.main(["--config-file", "missing.yaml", "--format", "onnx", "--output", "x"])
     assert not any(p.suffix in (".onnx", ".pt2") for p in tmp_path.iterdir())
@@ -312,8 +350,9 @@ def test_exported_torchvision_twin_matches_eager(tmp_path):
     model, cfg = fcos_d2_twin(tv)
     model.eval()
     onnx_path = export_model(model, cfg, str(tmp_path), "onnx", sample_size=(320, 480))
-    pt2 = torch.export.load(export_model(model, cfg, str(tmp_path), "torch_export",
-                                         sample_size=(320, 480))).module()  # fmt: skip
+    pt2 = torch.export.load(
+        export_model(model, cfg, str(tmp_path), "torch_export", sample_size=(320, 480))
+    ).module()
     predictors = {name: ExportedPredictor(onnx_path, name) for name in ("onnxruntime", "openvino")}
     g = torch.Generator().manual_seed(11)
     counts = []
@@ -342,12 +381,26 @@ def test_runtime_class_refuses_images_below_the_exported_minimum(exported):
 def test_export_tool_check_compares_with_eager(exported, tmp_path):
     # --check N: N built-in val images and 3 made ones (blank, mosaic, strip), each runtime.
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "export_model.py"), "--config-file",
-         QUICKSTART, "--format", "onnx", "--output", str(tmp_path / "out"), "--check", "2",
-         "MODEL.WEIGHTS", exported[("detecting", "weights")]],
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "export_model.py"),
+            "--config-file",
+            QUICKSTART,
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path / "out"),
+            "--check",
+            "2",
+            "MODEL.WEIGHTS",
+            exported[("detecting", "weights")],
+        ],
         env=tiny_env(str(tmp_path / "cache"), train_images=1, val_images=2),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     for runtime in ("onnxruntime_f32", "openvino_f32"):
         assert f"{runtime}: 5 images" in proc.stdout
@@ -368,3 +421,103 @@ def test_parity_check_reports_a_different_model(exported):
     moved = compare_with_eager(other, path, inputs)["torch_export"]
     assert not moved["agree"]
     assert moved["count_differs"] + moved["classes_differ"] > 0 or moved["max_box_diff"] > 1e-2
+
+
+def _config_postprocessings():
+    """{PostProcessing: [config names]} of every config in configs/ (compat included), each
+    with the strides of its head levels."""
+    found: dict = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)):
+        cfg = get_cfg()
+        fcos_d2.add_fcos_config(cfg)
+        cfg.merge_from_file(path)
+        strides = (8, 16, 32, 64, 128)[: len(cfg.MODEL.FCOS.IN_FEATURES)]
+        setting = PostProcessing.from_config(cfg, strides).replace(
+            max_detections=int(cfg.TEST.DETECTIONS_PER_IMAGE)
+        )
+        found.setdefault(setting, []).append(os.path.relpath(path, os.path.join(ROOT, "configs")))
+    return found
+
+
+CONFIG_POSTPROCESSINGS = _config_postprocessings()
+PARITY_SIZES = [(352, 480), (241, 187), (160, 900)]
+PARITY_BOX_TOL = 1e-3  # px
+
+
+def _eager_detections(model, image, original, p: PostProcessing):
+    """Eager fcos-d2 (its network, locations and post-processing on the first
+    len(p.strides) levels, then Detectron2's detector_postprocess) with settings ``p``."""
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    from fcos_d2.modeling.inference import fcos_inference
+    from fcos_d2.modeling.locations import compute_locations
+    from fcos_d2.modeling.meta_arch import cat_levels
+
+    n = len(p.strides)
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        logits, box_reg, ctr = (
+            x[:n] for x in model.head([features[f] for f in model.head_in_features])
+        )
+        locations = compute_locations(
+            [tuple(x.shape[-2:]) for x in logits],
+            p.strides,
+            p.location_offset,
+            mode=p.location_stride,
+            padded_size=tuple(images.tensor.shape[-2:]),
+        )
+        (inst,) = fcos_inference(
+            cat_levels(logits),
+            cat_levels(box_reg),
+            cat_levels(ctr).squeeze(2),
+            torch.cat(locations),
+            [len(x) for x in locations],
+            images.image_sizes,
+            p,
+        )
+        inst = detector_postprocess(inst, *original)
+    return inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), inst.pred_classes.numpy()
+
+
+def test_config_settings_cover_the_compat_conventions():
+    settings = list(CONFIG_POSTPROCESSINGS)
+    assert any(p.location_stride == "padded_size_div_grid" for p in settings)
+    assert any(p.clip == "image_minus_one" for p in settings)
+    assert any(p.nms_plus_one for p in settings) and any(p.sqrt_score for p in settings)
+    assert any(p.thresh_with_centerness for p in settings)
+    assert any(len(p.strides) == 3 for p in settings)  # FCOS-RT: P3-P5
+
+
+@pytest.mark.parametrize(
+    "setting",
+    list(CONFIG_POSTPROCESSINGS),
+    ids=[",".join(names) for names in CONFIG_POSTPROCESSINGS.values()],
+)
+def test_numpy_postprocessing_equals_eager_for_every_config_setting(exported, setting):
+    """The network-only ONNX model in ONNX Runtime + fcos_d2.deploy's numpy post-processing
+    with the settings of each config against eager fcos-d2 with the same settings."""
+    from fcos_d2.postprocess import to_original_size
+
+    model = exported["detecting"]
+    session = ort.InferenceSession(exported[("detecting", "onnx", True)])
+    g = torch.Generator().manual_seed(11)
+    counts = []
+    for h, w in PARITY_SIZES:
+        image = torch.rand(3, h, w, generator=g) * 255
+        original = (int(h * 1.5), int(w * 1.5))
+        outputs = session.run(None, {"image": image.numpy()})
+        levels = [tuple(outputs[i : i + 3]) for i in range(0, 3 * len(setting.strides), 3)]
+        boxes, scores, classes = postprocess(levels, (h, w), setting)
+        boxes, keep = to_original_size(boxes, (h, w), original)
+        got = boxes[keep], scores[keep], classes[keep]
+        want = _eager_detections(model, image, original, setting)
+        counts.append(len(want[1]))
+        assert len(got[1]) == len(want[1]), (h, w)
+        # Order-free: sort both by (class, score) before comparing.
+        order_got = np.lexsort((-got[1], got[2]))
+        order_want = np.lexsort((-want[1], want[2]))
+        assert (got[2][order_got] == want[2][order_want]).all(), (h, w)
+        assert np.abs(got[1][order_got] - want[1][order_want]).max() < SCORE_TOL, (h, w)
+        assert np.abs(got[0][order_got] - want[0][order_want]).max() < PARITY_BOX_TOL, (h, w)
+    assert max(counts) > 0

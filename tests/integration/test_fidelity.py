@@ -29,8 +29,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 
 import fcos_d2
+from helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 3
 STRIDES = (8, 16, 32, 64, 128)
 BOUNDS = (64, 128, 256, 512)
@@ -41,22 +41,51 @@ INF = 1e8  # AdelaiDet's and FCOS's sentinel for "no upper bound"
 # The rules of each config (as each source writes them), used by the references below.
 RULES = {
     "FCOS_R50_1x.yaml": dict(
-        ranges="paper", area="wh", radius=0.0, smooth=None, loss="iou", ctr_weight=False,
-        giou_eps=None, clip="image", plus_one=False, nms_units=None,
+        ranges="paper",
+        area="wh",
+        radius=0.0,
+        smooth=None,
+        loss="iou",
+        ctr_weight=False,
+        giou_eps=None,
+        clip="image",
+        plus_one=False,
+        nms_units=None,
     ),
     "compat/FCOS_R50_adelaidet.yaml": dict(
-        ranges="sources", area="wh", radius=1.5, smooth="stride", loss="giou", ctr_weight=True,
-        giou_eps=0.0, clip="", plus_one=False,
+        ranges="sources",
+        area="wh",
+        radius=1.5,
+        smooth="stride",
+        loss="giou",
+        ctr_weight=True,
+        giou_eps=0.0,
+        clip="",
+        plus_one=False,
     ),
     "compat/FCOS_R50_fcos.yaml": dict(
-        ranges="sources", area="wh_plus_one", radius=0.0, smooth="pixel", loss="iou",
-        ctr_weight=True, giou_eps=1e-7, clip="image_minus_one", plus_one=True,
+        ranges="sources",
+        area="wh_plus_one",
+        radius=0.0,
+        smooth="pixel",
+        loss="iou",
+        ctr_weight=True,
+        giou_eps=1e-7,
+        clip="image_minus_one",
+        plus_one=True,
     ),
     "compat/FCOS_imprv_R50_fcos.yaml": dict(
-        ranges="sources", area="wh_plus_one", radius=1.5, smooth="stride", loss="giou",
-        ctr_weight=True, giou_eps=1e-7, clip="image_minus_one", plus_one=True,
+        ranges="sources",
+        area="wh_plus_one",
+        radius=1.5,
+        smooth="stride",
+        loss="giou",
+        ctr_weight=True,
+        giou_eps=1e-7,
+        clip="image_minus_one",
+        plus_one=True,
     ),
-}  # fmt: skip
+}
 PAPER = "FCOS_R50_1x.yaml"
 
 
@@ -338,12 +367,16 @@ PAPER_VALUES = {
     PAPER: [("assigner.size_range_bounds", "open")],
     "compat/FCOS_R50_adelaidet.yaml": [("iou_loss_smooth", ""), ("iou_loss_smooth", "pixel")],
     "compat/FCOS_R50_fcos.yaml": [
-        ("assigner.match_area", "wh"), ("iou_loss_smooth", ""), ("iou_loss_smooth", "stride"),
+        ("assigner.match_area", "wh"),
+        ("iou_loss_smooth", ""),
+        ("iou_loss_smooth", "stride"),
     ],
     "compat/FCOS_imprv_R50_fcos.yaml": [
-        ("assigner.match_area", "wh"), ("iou_loss_smooth", ""), ("iou_loss_smooth", "pixel"),
+        ("assigner.match_area", "wh"),
+        ("iou_loss_smooth", ""),
+        ("iou_loss_smooth", "pixel"),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("config", sorted(RULES))
@@ -430,8 +463,12 @@ def ref_detections(rules, logits, box_reg, ctr, sizes, topk=1000, thresh=0.05, n
                 box = [x - l, y - t, x + r, y + b]
                 if rules["clip"]:
                     lim_w, lim_h = (w - 1, h - 1) if rules["clip"] == "image_minus_one" else (w, h)
-                    box = [min(max(box[0], 0), lim_w), min(max(box[1], 0), lim_h),
-                           min(max(box[2], 0), lim_w), min(max(box[3], 0), lim_h)]  # fmt: skip
+                    box = [
+                        min(max(box[0], 0), lim_w),
+                        min(max(box[1], 0), lim_h),
+                        min(max(box[2], 0), lim_w),
+                        min(max(box[3], 0), lim_h),
+                    ]
                 boxes.append(box)
                 scores.append(math.sqrt(score) if rules["sqrt"] else score)
                 classes.append(c)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -20,6 +19,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
+
+import fcos_d2
+from fcos_d2.data import generate_synthetic_coco
+from fcos_d2.data.checks import sanitize_dataset_dicts
+from fcos_d2.errors import InputError
+from fcos_d2.predictor import Predictor, to_bgr_uint8
 from helpers import (
     QUICKSTART,
     ROOT,
@@ -30,12 +35,6 @@ from helpers import (
     start_iteration,
     tiny_env,
 )
-
-import fcos_d2
-from fcos_d2.data import generate_synthetic_coco
-from fcos_d2.data.checks import sanitize_dataset_dicts
-from fcos_d2.errors import InputError
-from fcos_d2.predictor import Predictor, to_bgr_uint8
 
 SHORT = ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "TEST.EVAL_PERIOD", "0", *TINY_OPTS]
 
@@ -69,8 +68,19 @@ def _edit_json(user_data, edit) -> str:
 def _train_user(user_data, json_file, *extra, check=False):
     env = tiny_env(user_data["tmp"] / "cache")
     out = str(user_data["tmp"] / "out")
-    args = ["--config-file", QUICKSTART, "--coco-train", json_file, user_data["images"],
-            "OUTPUT_DIR", out, "DATASETS.TEST", "()", *SHORT, *extra]  # fmt: skip
+    args = [
+        "--config-file",
+        QUICKSTART,
+        "--coco-train",
+        json_file,
+        user_data["images"],
+        "OUTPUT_DIR",
+        out,
+        "DATASETS.TEST",
+        "()",
+        *SHORT,
+        *extra,
+    ]
     return run_train_net(args, env, check=check)
 
 
@@ -113,25 +123,37 @@ def test_class_count_mismatch_is_a_clear_error(user_data):
 def _record(boxes, width=100, height=80, cats=None, crowd=None):
     annos = []
     for i, b in enumerate(boxes):
-        annos.append({"bbox": b, "bbox_mode": BoxMode.XYWH_ABS,
-                      "category_id": (cats or [0] * len(boxes))[i],
-                      "iscrowd": (crowd or [0] * len(boxes))[i]})  # fmt: skip
-    return {"file_name": __file__, "image_id": 7, "width": width, "height": height,
-            "annotations": annos}  # fmt: skip
+        annos.append(
+            {
+                "bbox": b,
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": (cats or [0] * len(boxes))[i],
+                "iscrowd": (crowd or [0] * len(boxes))[i],
+            }
+        )
+    return {
+        "file_name": __file__,
+        "image_id": 7,
+        "width": width,
+        "height": height,
+        "annotations": annos,
+    }
 
 
 def test_degenerate_boxes_are_dropped_or_clipped_and_counted():
     nan = float("nan")
     rec = _record(
-        [[10, 10, 20, 20],  # fine
-         [10, 10, 0, 5],  # zero width: dropped
-         [10, 10, -3, 5],  # negative width: dropped
-         [nan, 10, 5, 5],  # NaN: dropped
-         [150, 10, 5, 5],  # outside the 100x80 image: dropped
-         [90, 70, 20, 20],  # partly outside: clipped to [90, 70, 10, 10]
-         [0, 0, 50, 50]],  # crowd: counted, kept for Detectron2 to ignore
+        [
+            [10, 10, 20, 20],  # fine
+            [10, 10, 0, 5],  # zero width: dropped
+            [10, 10, -3, 5],  # negative width: dropped
+            [nan, 10, 5, 5],  # NaN: dropped
+            [150, 10, 5, 5],  # outside the 100x80 image: dropped
+            [90, 70, 20, 20],  # partly outside: clipped to [90, 70, 10, 10]
+            [0, 0, 50, 50],
+        ],  # crowd: counted, kept for Detectron2 to ignore
         crowd=[0, 0, 0, 0, 0, 0, 1],
-    )  # fmt: skip
+    )
     empty = _record([])
     original = json.dumps(rec, default=str)
     dicts, report = sanitize_dataset_dicts([rec, empty], num_classes=2)
@@ -180,9 +202,17 @@ def test_eval_only_without_or_with_missing_weights(tmp_path):
     proc = run_train_net(["--config-file", QUICKSTART, "--eval-only", *TINY_OPTS], env, check=False)
     assert proc.returncode == 2 and "--eval-only needs weights" in proc.stdout
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth"),
-         *TINY_OPTS], env, check=False,
-    )  # fmt: skip
+        [
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "nope.pth"),
+            *TINY_OPTS,
+        ],
+        env,
+        check=False,
+    )
     assert proc.returncode == 2 and "MODEL.WEIGHTS not found" in proc.stdout
 
 
@@ -203,8 +233,9 @@ def test_checkpoint_with_another_number_of_classes_is_refused(tmp_path):
     weights = str(tmp_path / "other.pth")
     proc = run_train_net(
         ["--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", weights, *TINY_OPTS],
-        tiny_env(tmp_path / "cache"), check=False,
-    )  # fmt: skip
+        tiny_env(tmp_path / "cache"),
+        check=False,
+    )
     assert proc.returncode == 2
     assert "head.cls_logits.weight (checkpoint (7, 32, 3, 3), model (5, 32, 3, 3))" in proc.stdout
     cfg5 = _tiny_cfg()
@@ -259,10 +290,23 @@ def run4(tmp_path_factory):
     env = tiny_env(base / "cache")
     out = base / "out"
     run_train_net(
-        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "4",
-         "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
-         *TINY_OPTS], env,
-    )  # fmt: skip
+        [
+            "--config-file",
+            QUICKSTART,
+            "OUTPUT_DIR",
+            str(out),
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.STEPS",
+            "(3,)",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "TEST.EVAL_PERIOD",
+            "0",
+            *TINY_OPTS,
+        ],
+        env,
+    )
     return {"env": env, "out": out}
 
 
@@ -271,10 +315,27 @@ def test_non_finite_loss_stops_with_its_name_and_keeps_the_checkpoint(run4):
     before = (out / "model_final.pth").read_bytes()
     # Resume with a config that makes every input infinite: the losses go NaN at once.
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "8",
-         "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0",
-         "MODEL.PIXEL_STD", "[0.0, 0.0, 0.0]", *TINY_OPTS], run4["env"], check=False,
-    )  # fmt: skip
+        [
+            "--config-file",
+            QUICKSTART,
+            "--resume",
+            "OUTPUT_DIR",
+            str(out),
+            "SOLVER.MAX_ITER",
+            "8",
+            "SOLVER.STEPS",
+            "(3,)",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "MODEL.PIXEL_STD",
+            "[0.0, 0.0, 0.0]",
+            *TINY_OPTS,
+        ],
+        run4["env"],
+        check=False,
+    )
     assert proc.returncode != 0
     assert "non-finite loss at iteration 4: loss_fcos_cls=nan" in proc.stdout
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
@@ -285,23 +346,57 @@ def test_non_finite_loss_stops_with_its_name_and_keeps_the_checkpoint(run4):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+# train_net.py in a process that SIGKILLs itself in the middle of writing its third
+# checkpoint: after part of the file is written, before it is complete.
+_KILLED_MID_WRITE = r"""
+import os, runpy, signal, sys
+import torch
+saves, real_save = [], torch.save
+def save(obj, f, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 3:
+        f.write(b"PK-partial")  # the start of a checkpoint file...
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # ...and the process dies
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_killed_training_resumes_from_the_last_checkpoint(tmp_path):
     env = tiny_env(tmp_path / "cache")
     out = tmp_path / "out"
-    args = ["--config-file", QUICKSTART, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "400",
-            "SOLVER.STEPS", "(300,)", "SOLVER.CHECKPOINT_PERIOD", "3", "TEST.EVAL_PERIOD", "0",
-            *TINY_OPTS]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, TRAIN_NET, *args], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 300
+    args = [
+        "--config-file",
+        QUICKSTART,
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "400",
+        "SOLVER.STEPS",
+        "(300,)",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "3",
+        "TEST.EVAL_PERIOD",
+        "0",
+        *TINY_OPTS,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_WRITE, TRAIN_NET, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL
     tag = out / "last_checkpoint"
-    while time.time() < deadline and not (tag.exists() and tag.read_text() >= "model_0000008"):
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)  # possibly in the middle of writing a checkpoint
-    proc.wait()
-    assert tag.exists(), "no checkpoint was written before the deadline"
+    # Checkpoints at iterations 2 and 5 are complete; the one of iteration 8 died mid-write
+    # and never reached its name.
+    assert tag.read_text() == "model_0000005.pth"
+    assert not (out / "model_0000008.pth").exists()
     last = tag.read_text()
     saved_iter = int(last[len("model_") : -len(".pth")])
     DetectionCheckpointer(build_model(_tiny_cfg())).load(str(out / last))  # loadable

@@ -98,8 +98,9 @@ def test_detections_match_torchvision(models, dtype, batch):
         ours.postprocessing = saved.replace(location_stride="level")
         try:
             with torch.no_grad():
-                paper = ours([{"image": im, "height": im.shape[1], "width": im.shape[2]}
-                              for im in images])  # fmt: skip
+                paper = ours(
+                    [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
+                )
         finally:
             ours.postprocessing = saved
         moved = max(_match_or_inf(tv_det, out["instances"]) for tv_det, out in zip(tv_out, paper))
@@ -194,7 +195,5 @@ def test_losses_match_torchvision(models, batch):
                 ours.postprocessing = saved
             else:
                 setattr(assigner, attr, saved)
-        changed = any(
-            not torch.allclose(other[k], our_losses[k], rtol=1e-5, atol=0) for k in PAIRS
-        )
+        changed = any(not torch.allclose(other[k], our_losses[k], rtol=1e-5, atol=0) for k in PAIRS)
         assert changed, attr or "location_stride"

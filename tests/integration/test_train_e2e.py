@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+
+import fcos_d2
+from fcos_d2.predictor import BatchPredictor, Predictor
 from helpers import (
     QUICKSTART,
     TINY_OPTS,
@@ -16,9 +19,6 @@ from helpers import (
     tiny_env,
 )
 
-import fcos_d2
-from fcos_d2.predictor import BatchPredictor, Predictor
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -27,10 +27,21 @@ def trained(tmp_path_factory):
     env = tiny_env(base / "cache")
     out = base / "out"
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12",
-         "SOLVER.STEPS", "(8, 10)", "SOLVER.CHECKPOINT_PERIOD", "6", *TINY_OPTS],
+        [
+            "--config-file",
+            QUICKSTART,
+            "OUTPUT_DIR",
+            str(out),
+            "SOLVER.MAX_ITER",
+            "12",
+            "SOLVER.STEPS",
+            "(8, 10)",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "6",
+            *TINY_OPTS,
+        ],
         env,
-    )  # fmt: skip
+    )
     return {"env": env, "out": out, "log": proc.stdout}
 
 
@@ -54,10 +65,18 @@ def test_training_writes_checkpoints_metrics_and_evaluates(trained):
 def test_eval_only_reproduces_the_final_evaluation(trained):
     out = trained["out"]
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "--eval-only", "OUTPUT_DIR", str(out / "eval"),
-         "MODEL.WEIGHTS", str(out / "model_final.pth"), *TINY_OPTS],
+        [
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(out / "eval"),
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            *TINY_OPTS,
+        ],
         trained["env"],
-    )  # fmt: skip
+    )
     ap = copypaste_ap(proc.stdout)
     assert "Evaluation results for bbox" in proc.stdout
     assert ap == pytest.approx(copypaste_ap(trained["log"]), abs=1e-4)
@@ -70,11 +89,24 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
     os.link(trained["out"] / "model_0000005.pth", out / "model_0000005.pth")
     (out / "last_checkpoint").write_text("model_0000005.pth")
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "--resume", "OUTPUT_DIR", str(out),
-         "SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(8, 10)", "SOLVER.CHECKPOINT_PERIOD", "6",
-         "TEST.EVAL_PERIOD", "0", *TINY_OPTS],
+        [
+            "--config-file",
+            QUICKSTART,
+            "--resume",
+            "OUTPUT_DIR",
+            str(out),
+            "SOLVER.MAX_ITER",
+            "12",
+            "SOLVER.STEPS",
+            "(8, 10)",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "6",
+            "TEST.EVAL_PERIOD",
+            "0",
+            *TINY_OPTS,
+        ],
         trained["env"],
-    )  # fmt: skip
+    )
     assert start_iteration(proc.stdout) == 6
     iters = [r["iteration"] for r in metrics(out) if "loss_fcos_cls" in r]
     assert iters[0] >= 6 and iters[-1] == 11
@@ -117,11 +149,27 @@ def test_default_predictor_returns_boxes_on_a_bgr_image(trained):
 def test_cpu_amp_trains_in_bfloat16(tmp_path):
     # Explicit bf16: it runs on every CPU (emulated, with a warning, where not native).
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.AMP.ENABLED",
-         "True", "SOLVER.AMP.CPU_PRECISION", "bf16", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS",
-         "(2,)", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", *TINY_OPTS],
+        [
+            "--config-file",
+            QUICKSTART,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "SOLVER.AMP.CPU_PRECISION",
+            "bf16",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.STEPS",
+            "(2,)",
+            "TEST.EVAL_PERIOD",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            *TINY_OPTS,
+        ],
         tiny_env(tmp_path / "cache"),
-    )  # fmt: skip
+    )
     assert "training in bfloat16 autocast (SOLVER.AMP.CPU_PRECISION 'bf16')" in proc.stdout
     from fcos_d2.modeling.precision import cpu_capability
 
@@ -153,8 +201,11 @@ def test_bf16_autocast_reaches_the_convolutions():
         out = model([{"image": image}])[0]["instances"]
     assert seen[-1] == torch.bfloat16 and out.scores.dtype == torch.float32
     model.train()
-    inst = Instances((200, 260), gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
-                     gt_classes=torch.tensor([1]))  # fmt: skip
+    inst = Instances(
+        (200, 260),
+        gt_boxes=Boxes(torch.tensor([[4.0, 4.0, 40.0, 30.0]])),
+        gt_classes=torch.tensor([1]),
+    )
     losses = model([{"image": image, "instances": inst}])
     assert seen[-1] == torch.bfloat16
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

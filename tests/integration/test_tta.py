@@ -11,19 +11,21 @@ from detectron2.data.transforms import ResizeTransform
 from detectron2.modeling import build_model
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Instances
+
+from fcos_d2.modeling.tta import FCOSWithTTA, boxes_to_original, merge_detections
 from helpers import (
     QUICKSTART,
     ROOT,
     TINY_OPTS,
-    copypaste_ap,
+    builtin_json,
+    copypaste_aps,
     metrics,
+    recomputed_ap,
     run_train_net,
     small_fcos_cfg,
     tiny_env,
     untrained_weights,
 )
-
-from fcos_d2.modeling.tta import FCOSWithTTA, boxes_to_original, merge_detections
 
 
 def _transforms(height, width, image_hw, min_sizes, max_size=4000, flip=True):
@@ -91,9 +93,15 @@ _CLASSES = torch.tensor([0, 0, 0, 0, 1])
 
 def _merge(method, max_detections=100, size=(20, 20)):
     return merge_detections(
-        _BOXES, _SCORES, _CLASSES, size, nms_thresh=0.6, max_detections=max_detections,
-        method=method, voting_iou=0.8,
-    )  # fmt: skip
+        _BOXES,
+        _SCORES,
+        _CLASSES,
+        size,
+        nms_thresh=0.6,
+        max_detections=max_detections,
+        method=method,
+        voting_iou=0.8,
+    )
 
 
 def test_merge_nms_by_hand():
@@ -120,9 +128,13 @@ def test_merge_voting_by_hand():
 
 def test_merge_clips_to_the_original_image():
     out = merge_detections(
-        torch.tensor([[-3.0, 2.0, 30.0, 8.0]]), torch.tensor([0.5]), torch.tensor([2]),
-        (10, 25), nms_thresh=0.6, max_detections=100,
-    )  # fmt: skip
+        torch.tensor([[-3.0, 2.0, 30.0, 8.0]]),
+        torch.tensor([0.5]),
+        torch.tensor([2]),
+        (10, 25),
+        nms_thresh=0.6,
+        max_detections=100,
+    )
     assert torch.equal(out.pred_boxes.tensor, torch.tensor([[0.0, 2.0, 25.0, 8.0]]))
 
 
@@ -194,32 +206,66 @@ def test_eval_only_with_tta_prints_both_tables(tmp_path):
     weights = untrained_weights(tmp_path / "untrained.pth")
     out = tmp_path / "out"
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "--eval-only", "OUTPUT_DIR", str(out),
-         "MODEL.WEIGHTS", str(weights), *TINY_OPTS, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
-         "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96, 128)",
-         "TEST.AUG.MAX_SIZE", "192"],
+        [
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(out),
+            "MODEL.WEIGHTS",
+            str(weights),
+            *TINY_OPTS,
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(96, 128)",
+            "TEST.AUG.MAX_SIZE",
+            "192",
+        ],
         tiny_env(tmp_path / "cache", train_images=1, val_images=3),
-    )  # fmt: skip
+    )
     log = proc.stdout
     assert "Running inference with test-time augmentation" in log
     assert log.count("Evaluation results for bbox") == 2, log[-3000:]
     assert log.count("copypaste: Task: bbox") == 2
-    assert copypaste_ap(log) is not None
-    # Each evaluation drew its precision-recall curves next to its results.
-    for folder in ("inference", "inference_TTA"):
-        assert os.path.isfile(out / folder / "coco_instances_results.json")
+    # Each evaluation's printed AP is that of its detection file, recomputed independently,
+    # and drew its precision-recall curves next to its results.
+    gt = builtin_json(tmp_path / "cache", "val")
+    for folder, printed in zip(("inference", "inference_TTA"), copypaste_aps(log)):
+        recomputed = recomputed_ap(out / folder / "coco_instances_results.json", gt)
+        assert abs(printed["AP"] - recomputed["AP"]) < 1e-3, (folder, printed, recomputed)
+        assert abs(printed["AP50"] - recomputed["AP50"]) < 1e-3, (folder, printed, recomputed)
         assert os.path.isfile(out / folder / "pr_curves_bbox.png")
 
 
 def test_training_ends_with_an_evaluation_with_tta(tmp_path):
     out = tmp_path / "out"
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
-         "SOLVER.STEPS", "(1,)", *TINY_OPTS, "TEST.AUG.ENABLED", "True",
-         "TEST.AUG.MIN_SIZES", "(128,)", "TEST.AUG.MAX_SIZE", "192",
-         "MODEL.FCOS.TTA_MERGE", "voting", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"],
+        [
+            "--config-file",
+            QUICKSTART,
+            "OUTPUT_DIR",
+            str(out),
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.STEPS",
+            "(1,)",
+            *TINY_OPTS,
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(128,)",
+            "TEST.AUG.MAX_SIZE",
+            "192",
+            "MODEL.FCOS.TTA_MERGE",
+            "voting",
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+        ],
         tiny_env(tmp_path / "cache", train_images=2, val_images=2),
-    )  # fmt: skip
+    )
     log = proc.stdout
     assert log.index("Running inference with test-time augmentation") > log.index(
         "Evaluation results for bbox"
@@ -234,17 +280,63 @@ def test_tta_benchmark_tool_runs_every_setting(tmp_path):
     weights = untrained_weights(tmp_path / "untrained.pth")
     out = tmp_path / "tta.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "tta_benchmark.py"),
-         "--config-file", QUICKSTART, "--weights", str(weights), "--num-images", "2",
-         "--json", str(out), "--opts", *TINY_OPTS, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
-         "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.MAX_SIZE", "192"],
-        cwd=ROOT, env=tiny_env(tmp_path / "cache", train_images=1, val_images=2),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "tta_benchmark.py"),
+            "--config-file",
+            QUICKSTART,
+            "--weights",
+            str(weights),
+            "--num-images",
+            "2",
+            "--json",
+            str(out),
+            "--opts",
+            *TINY_OPTS,
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.AUG.MIN_SIZES",
+            "(96, 128)",
+            "TEST.AUG.MAX_SIZE",
+            "192",
+        ],
+        cwd=ROOT,
+        env=tiny_env(tmp_path / "cache", train_images=1, val_images=2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     figures = json.loads(out.read_text())
     assert figures["images"] == 2 and figures["tta_sizes"] == [96, 128]
     settings = figures["settings"]
     assert list(settings) == ["none", "flip", "flip + 2 scales", "flip + 2 scales, voting"]
     assert settings["none"]["time_ratio"] == 1.0
-    assert all(0 <= s["AP"] <= 100 and s["s_per_image"] > 0 for s in settings.values())
+    assert all(s["s_per_image"] > 0 for s in settings.values())
+    # "none" and "flip + 2 scales" are the AP train_net.py prints without and with
+    # TEST.AUG.ENABLED on the same images (tools/tta_benchmark.py's docstring).
+    proc = run_train_net(
+        [
+            "--config-file",
+            QUICKSTART,
+            "--eval-only",
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+            "MODEL.WEIGHTS",
+            str(weights),
+            *TINY_OPTS,
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(96, 128)",
+            "TEST.AUG.MAX_SIZE",
+            "192",
+        ],
+        tiny_env(tmp_path / "cache", train_images=1, val_images=2),
+    )
+    plain, tta = copypaste_aps(proc.stdout)
+    assert abs(settings["none"]["AP"] - plain["AP"]) < 1e-3, (settings["none"], plain)
+    assert abs(settings["flip + 2 scales"]["AP"] - tta["AP"]) < 1e-3, (settings, tta)

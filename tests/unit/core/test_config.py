@@ -9,8 +9,8 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import fcos_d2
+from helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 
 
@@ -92,8 +92,14 @@ def test_top_block_from_res5():
         build_model(cfg)
 
 
-FIDELITY_KEYS = ("LOCATION_STRIDE", "SIZE_RANGE_BOUNDS", "MATCH_AREA", "IOU_LOSS_SMOOTH",
-                 "CLIP_BOXES_TEST", "NMS_LEGACY_PLUS_ONE")  # fmt: skip
+FIDELITY_KEYS = (
+    "LOCATION_STRIDE",
+    "SIZE_RANGE_BOUNDS",
+    "MATCH_AREA",
+    "IOU_LOSS_SMOOTH",
+    "CLIP_BOXES_TEST",
+    "NMS_LEGACY_PLUS_ONE",
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))

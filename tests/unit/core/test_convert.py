@@ -23,8 +23,8 @@ from fcos_d2.convert import convert_checkpoint, convert_state_dict, load_state_d
 from fcos_d2.engine import FCOSCheckpointer
 from fcos_d2.engine.checkpoint import IncompatibleCheckpointError
 from fcos_d2.errors import InputError
+from helpers import ROOT  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT = os.path.join(ROOT, "configs", "compat")
 TOOL = os.path.join(ROOT, "tools", "convert_weights.py")
 
@@ -248,6 +248,7 @@ def test_convert_r50_checkpoint_loads_strictly(source, request, workdir):
     model = _build(f"FCOS_R50_{source}.yaml")
     loaded = _load_strict(model, out_path)
     assert set(loaded) == {dst for _, dst, _ in entries}
+
     # Every source tensor, unchanged, in the parameter Detectron2's naming puts it in; but
     # the original FCOS's FrozenBatchNorm has no epsilon: its running_var is stored minus
     # Detectron2's 1e-5, so that Detectron2's (var + eps).rsqrt() is its var.rsqrt().
@@ -269,8 +270,9 @@ def test_convert_r50_checkpoint_loads_strictly(source, request, workdir):
         x = torch.randn(2, norm.num_features, 3, 3)
         src = {dst: src for src, dst, _ in entries}
         prefix = "backbone.bottom_up.stem.conv1.norm."
-        w, b, mean, var = (sd[src[prefix + k]] for k in ("weight", "bias", "running_mean",
-                                                           "running_var"))  # fmt: skip
+        w, b, mean, var = (
+            sd[src[prefix + k]] for k in ("weight", "bias", "running_mean", "running_var")
+        )
         scale = (w * var.rsqrt())[None, :, None, None]
         expected = x * scale + (b - mean * w * var.rsqrt())[None, :, None, None]
         torch.testing.assert_close(norm(x), expected, rtol=1e-6, atol=1e-6)
@@ -473,7 +475,7 @@ def test_cli_failed_config_check_keeps_the_old_output(tv_ckpt, workdir):
     config = "configs/compat/FCOS_R50_torchvision.yaml"
     proc = _run_tool(
         "--source", "torchvision", in_path, out_path, "--keep-all-classes", "--config-file", config
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "head.cls_logits.weight (checkpoint (91, 256, 3, 3), model (80, 256, 3, 3))" in (
         proc.stderr

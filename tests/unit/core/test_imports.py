@@ -1,4 +1,5 @@
 """Every public module of fcos_d2 imports, and importing registers the FCOS parts."""
+
 import importlib
 import os
 import pkgutil
@@ -6,8 +7,7 @@ import subprocess
 import sys
 
 import fcos_d2
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT  # noqa: E402
 
 
 def _public_modules():
@@ -46,9 +46,24 @@ def test_import_registers_everything():
     assert FCOS_ASSIGNER_REGISTRY.get("FCOSAssigner")
 
 
-def test_detectron2_engine_imports():
-    from detectron2.engine import DefaultPredictor, DefaultTrainer, launch  # noqa: F401
-    from detectron2.evaluation import COCOEvaluator  # noqa: F401
+def test_fcos_d2_builds_on_detectron2s_engine(monkeypatch):
+    import os
+
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import COCOEvaluator
+
+    from fcos_d2.engine import Trainer
+    from fcos_d2.engine.launch import launch
+    from fcos_d2.evaluation import PRCurveCOCOEvaluator
+    from helpers import LAUNCHER_VARS
+
+    assert issubclass(Trainer, DefaultTrainer)
+    assert issubclass(PRCurveCOCOEvaluator, COCOEvaluator)
+    for name in [*LAUNCHER_VARS, *(k for k in os.environ if k.startswith("SLURM_"))]:
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    launch(lambda *a: calls.append((os.getpid(), a)), 1, args=(3, "x"))  # one process
+    assert calls == [(os.getpid(), (3, "x"))]  # Detectron2's launch ran it here
 
 
 # AdelaiDet registers these names (adet/modeling/backbone/fpn.py, adet/modeling/fcos/fcos.py,
@@ -77,7 +92,9 @@ class FCOS:  # another extension's generic name
 def test_imports_beside_adelaidet_names():
     # In a fresh process: AdelaiDet's names are registered first, then fcos_d2 is imported
     # and builds its model; AdelaiDet's objects stay where they were.
-    code = ADELAIDET_STAND_INS + """
+    code = (
+        ADELAIDET_STAND_INS
+        + """
 import fcos_d2
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -91,6 +108,7 @@ assert BACKBONE_REGISTRY.get("build_fcos_resnet_fpn_backbone").__module__ == "__
 assert META_ARCH_REGISTRY.get("FCOS").__module__ == "__main__"
 print("ok")
 """
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
     )

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import tiny_cfg
 
 from fcos_d2.engine import Trainer
 from fcos_d2.engine.best_checkpoint import read_best_metric
+from helpers import tiny_cfg
 
 
 class _ScriptedTrainer(Trainer):
@@ -20,9 +20,17 @@ class _ScriptedTrainer(Trainer):
 
 def _train(tiny_data, out, max_iter, aps, resume=False):
     cfg = tiny_cfg(
-        tiny_data, out, "SOLVER.MAX_ITER", str(max_iter), "TEST.EVAL_PERIOD", "2",
-        "MODEL.EMA.ENABLED", "False", "TEST.BEST_CHECKPOINT_METRIC", "bbox/AP",
-    )  # fmt: skip
+        tiny_data,
+        out,
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "TEST.EVAL_PERIOD",
+        "2",
+        "MODEL.EMA.ENABLED",
+        "False",
+        "TEST.BEST_CHECKPOINT_METRIC",
+        "bbox/AP",
+    )
     _ScriptedTrainer.script = list(aps)
     trainer = _ScriptedTrainer(cfg)
     trainer.resume_or_load(resume=resume)
@@ -56,15 +64,23 @@ def test_best_checkpoint_survives_resume(tiny_data, tmp_path):
     # A better one after resuming replaces it.
     _train(tiny_data, tmp_path, 8, [40.0], resume=True)
     assert read_best_metric(str(tmp_path / "model_best.pth")) == {
-        "name": "bbox/AP", "value": 40.0, "iteration": 7,
-    }  # fmt: skip
+        "name": "bbox/AP",
+        "value": 40.0,
+        "iteration": 7,
+    }
 
 
 def test_missing_metric_is_named(tiny_data, tmp_path, caplog):
     cfg = tiny_cfg(
-        tiny_data, tmp_path, "SOLVER.MAX_ITER", "2", "MODEL.EMA.ENABLED", "False",
-        "TEST.BEST_CHECKPOINT_METRIC", "bbox/APx",
-    )  # fmt: skip
+        tiny_data,
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        "2",
+        "MODEL.EMA.ENABLED",
+        "False",
+        "TEST.BEST_CHECKPOINT_METRIC",
+        "bbox/APx",
+    )
     _ScriptedTrainer.script = [5.0]
     trainer = _ScriptedTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -72,21 +88,42 @@ def test_missing_metric_is_named(tiny_data, tmp_path, caplog):
     assert not (tmp_path / "model_best.pth").exists()
     assert "'bbox/APx' is not among the evaluation results of iteration 1" in caplog.text
     with pytest.raises(ValueError, match="BEST_CHECKPOINT_MODE"):
-        _ScriptedTrainer(tiny_cfg(tiny_data, tmp_path / "b", "TEST.BEST_CHECKPOINT_METRIC",
-                                  "bbox/AP", "TEST.BEST_CHECKPOINT_MODE", "median"))
+        _ScriptedTrainer(
+            tiny_cfg(
+                tiny_data,
+                tmp_path / "b",
+                "TEST.BEST_CHECKPOINT_METRIC",
+                "bbox/AP",
+                "TEST.BEST_CHECKPOINT_MODE",
+                "median",
+            )
+        )
 
 
 def test_best_checkpoint_by_the_tta_evaluation(tiny_data, tmp_path):
     # TEST.AUG.ENABLED: the final plain evaluation (AP 5), then the one with TTA (AP 7).
     cfg = tiny_cfg(
-        tiny_data, tmp_path, "SOLVER.MAX_ITER", "2", "MODEL.EMA.ENABLED", "False",
-        "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(96,)", "TEST.AUG.MAX_SIZE", "160",
-        "TEST.BEST_CHECKPOINT_METRIC", "bbox_TTA/AP",
-    )  # fmt: skip
+        tiny_data,
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        "2",
+        "MODEL.EMA.ENABLED",
+        "False",
+        "TEST.AUG.ENABLED",
+        "True",
+        "TEST.AUG.MIN_SIZES",
+        "(96,)",
+        "TEST.AUG.MAX_SIZE",
+        "160",
+        "TEST.BEST_CHECKPOINT_METRIC",
+        "bbox_TTA/AP",
+    )
     _ScriptedTrainer.script = [5.0, 7.0]
     trainer = _ScriptedTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert read_best_metric(str(tmp_path / "model_best.pth")) == {
-        "name": "bbox_TTA/AP", "value": 7.0, "iteration": 1,
-    }  # fmt: skip
+        "name": "bbox_TTA/AP",
+        "value": 7.0,
+        "iteration": 1,
+    }

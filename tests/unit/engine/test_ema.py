@@ -3,11 +3,11 @@
 import pytest
 import torch
 from detectron2.engine import HookBase
-from helpers import tiny_cfg
 from torch import nn
 
 from fcos_d2.engine import FCOSCheckpointer, Trainer
 from fcos_d2.engine.ema import ModelEMA
+from helpers import tiny_cfg
 
 
 def test_ema_update_is_the_hand_computed_average():
@@ -118,8 +118,14 @@ class _StopAfter(HookBase):
 def test_resume_restores_training_and_ema_weights_bit_for_bit(tiny_data, tmp_path):
     # One training image, no flip: every batch is the same, so a resumed run can be compared
     # with an uninterrupted one although its loader starts its order anew.
-    one = ("DATASETS.TRAIN", f"('{tiny_data['one']}',)", "INPUT.RANDOM_FLIP", "none",
-           "DATASETS.TEST", "()")  # fmt: skip
+    one = (
+        "DATASETS.TRAIN",
+        f"('{tiny_data['one']}',)",
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "DATASETS.TEST",
+        "()",
+    )
     # Uninterrupted: 4 iterations. Interrupted after iteration 1 (its checkpoint written),
     # then --resume to 4.
     torch.manual_seed(0)

@@ -20,7 +20,6 @@ from detectron2.data.datasets import (
 )
 from detectron2.evaluation import LVISEvaluator, PascalVOCDetectionEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
-from helpers import QUICKSTART, ROOT, TINY_OPTS, copypaste_ap, tiny_env, untrained_weights
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -29,6 +28,7 @@ from fcos_d2 import InputError
 from fcos_d2.data.builtin import SYNTH_CLASSES, generate_synthetic_coco
 from fcos_d2.engine import Trainer
 from fcos_d2.evaluation import PRCurveCOCOEvaluator, pr_curves_at
+from helpers import QUICKSTART, ROOT, TINY_OPTS, copypaste_ap, tiny_env, untrained_weights
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,12 @@ def write_voc_copy(json_file: str, image_dir: str, voc_dir: str, split: str = "t
                 continue
             x, y, w, h = a["bbox"]
             obj = ET.SubElement(root, "object")
-            for key, value in (("name", names[a["category_id"]]), ("pose", "Unspecified"),
-                               ("truncated", 0), ("difficult", 0)):  # fmt: skip
+            for key, value in (
+                ("name", names[a["category_id"]]),
+                ("pose", "Unspecified"),
+                ("truncated", 0),
+                ("difficult", 0),
+            ):
                 ET.SubElement(obj, key).text = str(value)
             box = ET.SubElement(obj, "bndbox")
             corners = (round(x) + 1, round(y) + 1, round(x + w), round(y + h))
@@ -93,10 +97,11 @@ def _evaluate_ground_truth(evaluator, dicts, jitter=None):
             boxes = jitter(boxes)
         n = len(boxes)
         inst = Instances(
-            (d["height"], d["width"]), pred_boxes=Boxes(boxes),
+            (d["height"], d["width"]),
+            pred_boxes=Boxes(boxes),
             scores=1 - 0.01 * torch.arange(n, dtype=torch.float32),
             pred_classes=torch.tensor([a["category_id"] for a in d["annotations"]]).long(),
-        )  # fmt: skip
+        )
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
     return evaluator.evaluate()
 
@@ -133,13 +138,29 @@ register_pascal_voc("fcos_voc_test", {voc_dir!r}, "test", 2007, list(SYNTH_CLASS
 MetadataCatalog.get("fcos_voc_test").evaluator_type = "pascal_voc"
 train_net.main(argument_parser().parse_args(sys.argv[1:]))
 """
-    args = ["--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", str(weights),
-            "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", "('fcos_voc_test',)",
-            *TINY_OPTS, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]  # fmt: skip
+    args = [
+        "--config-file",
+        QUICKSTART,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(weights),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "DATASETS.TEST",
+        "('fcos_voc_test',)",
+        *TINY_OPTS,
+        "MODEL.FCOS.SCORE_THRESH_TEST",
+        "0.0",
+    ]
     proc = subprocess.run(
-        [sys.executable, "-c", script, *args], cwd=ROOT, env=tiny_env(tmp_path / "cache"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=tiny_env(tmp_path / "cache"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-5000:]
     assert "Evaluating fcos_voc_test using 2007 metric" in proc.stdout
     ap = copypaste_ap(proc.stdout)
@@ -152,8 +173,11 @@ def _lvis_json(coco_json: str, out_file: str) -> str:
     with open(coco_json) as f:
         data = json.load(f)
     for im in data["images"]:
-        im.update(coco_url=f"http://images/val/{im['file_name']}", neg_category_ids=[],
-                  not_exhaustive_category_ids=[])  # fmt: skip
+        im.update(
+            coco_url=f"http://images/val/{im['file_name']}",
+            neg_category_ids=[],
+            not_exhaustive_category_ids=[],
+        )
     for c in data["categories"]:
         c.update(frequency="f", synonyms=[c["name"]], image_count=1, instance_count=1)
     for a in data["annotations"]:
@@ -223,3 +247,71 @@ def test_coco_evaluation_draws_pr_curves_of_its_ap(coco, tmp_path):
         assert per_class.shape == (101, len(SYNTH_CLASSES))
         assert 100 * mean.mean() == pytest.approx(results[key], abs=1e-6)
         assert np.allclose(per_class[:, valid].mean(1), mean)
+
+
+# --------------------------------------------------------------------- COCO evaluation
+def test_coco_evaluator_fast_backend_gives_pycocotools_results(tmp_path):
+    """The COCOeval that Trainer.build_evaluator uses (compat) against pycocotools."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.structures import Boxes, Instances
+
+    from fcos_d2 import compat
+    from fcos_d2.evaluation import PRCurveCOCOEvaluator
+
+    rng = np.random.default_rng(0)
+    images, annos, outputs = [], [], []
+    for i in range(40):
+        images.append({"id": i + 1, "width": 320, "height": 240, "file_name": f"{i}.jpg"})
+        n = int(rng.integers(0, 8))
+        xy = rng.uniform(0, 200, (n, 2))
+        wh = np.exp(rng.uniform(np.log(4), np.log(110), (n, 2)))
+        cats = rng.integers(1, 6, n)
+        for k in range(n):
+            annos.append(
+                {
+                    "id": len(annos) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(cats[k]),
+                    "bbox": [*xy[k], *wh[k]],
+                    "area": float(wh[k].prod()),
+                    "iscrowd": int(rng.random() < 0.05),
+                }
+            )
+        # Detections: jittered objects (some with another class) and random boxes.
+        near = np.concatenate([xy, xy + wh], 1) + rng.normal(0, 4, (n, 4))
+        far = rng.uniform(0, 200, (30, 2)).repeat(2, 1) + [0, 0, 40, 30]
+        boxes = np.concatenate([near, far])
+        classes = np.concatenate(
+            [np.where(rng.random(n) < 0.1, 0, cats - 1), rng.integers(0, 5, 30)]
+        )
+        inst = Instances(
+            (240, 320),
+            pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+            scores=torch.tensor(np.concatenate([rng.uniform(0.4, 1, n), rng.uniform(0, 0.6, 30)])),
+            pred_classes=torch.tensor(classes),
+        )
+        outputs.append(({"image_id": i + 1}, {"instances": inst}))
+    cats = [{"id": c, "name": f"c{c}"} for c in range(1, 6)]
+    with open(tmp_path / "gt.json", "w") as f:
+        json.dump({"images": images, "annotations": annos, "categories": cats}, f)
+    name = "fcos_d2_test_fast_cocoeval"
+    register_coco_instances(name, {}, str(tmp_path / "gt.json"), str(tmp_path))
+    try:
+        DatasetCatalog.get(name)  # sets the class names and id mapping of the metadata
+        assert compat.fast_cocoeval_class(), "no fast COCOeval: tools/setup_env.sh installs one"
+        results = {}
+        for fast in (False, True):
+            evaluator = PRCurveCOCOEvaluator(name, output_dir=None, use_fast_impl=fast)
+            assert evaluator._use_fast_impl is fast
+            evaluator.reset()
+            for inp, out in outputs:
+                evaluator.process([inp], [out])
+            results[fast] = evaluator.evaluate()["bbox"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert results[False].keys() == results[True].keys() and len(results[False]) == 6 + 5
+    assert 5 < results[False]["AP"] < 95  # neither trivial nor perfect
+    for key, value in results[False].items():
+        assert abs(results[True][key] - value) < 1e-4 * 100, key  # AP in percent

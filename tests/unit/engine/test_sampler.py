@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
-from helpers import tiny_cfg
 
 from fcos_d2.engine import Trainer
+from helpers import tiny_cfg
 
 RARE = 4  # "cross"
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from helpers import QUICKSTART, ROOT, TINY_OPTS, untrained_weights
 from pycocotools.coco import COCO
 
 import fcos_d2
@@ -21,6 +20,7 @@ from fcos_d2 import InputError
 from fcos_d2.data.builtin import SYNTH_CLASSES
 from fcos_d2.evaluation import f1_optimal_thresholds, load_class_thresholds
 from fcos_d2.predictor import BatchPredictor, Predictor
+from helpers import QUICKSTART, ROOT, TINY_OPTS, untrained_weights
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import class_thresholds as tool  # noqa: E402
@@ -28,21 +28,29 @@ import demo  # noqa: E402
 
 # Hand-made ground truth: (image, category, [x, y, w, h]).
 GT = [
-    (1, 1, [0, 0, 10, 10]), (1, 1, [20, 0, 10, 10]), (2, 1, [0, 0, 20, 20]),
+    (1, 1, [0, 0, 10, 10]),
+    (1, 1, [20, 0, 10, 10]),
+    (2, 1, [0, 0, 20, 20]),
     (3, 1, [0, 0, 8, 8]),
     (1, 2, [30, 30, 10, 10]),
     (2, 3, [50, 50, 10, 10]),
-]  # fmt: skip
+]
 # Detections: (image, category, box, score). Category 1: a duplicate of a matched box (FP),
 # a box of IoU 0.39 (FP), one far away (FP). Category 2: two equal scores, one TP and one
 # FP (a threshold keeps both or neither). Category 3: no true positive. Category 4: no GT.
 DETS = [
-    (1, 1, [1, 0, 10, 10], 0.9), (1, 1, [0, 0, 10, 10], 0.8), (2, 1, [0, 0, 20, 21], 0.6),
-    (1, 1, [20, 1, 10, 10], 0.4), (2, 1, [5, 5, 20, 20], 0.35), (1, 1, [50, 50, 5, 5], 0.3),
-    (1, 2, [30, 30, 10, 10], 0.7), (2, 2, [0, 0, 5, 5], 0.7), (3, 2, [0, 0, 5, 5], 0.2),
+    (1, 1, [1, 0, 10, 10], 0.9),
+    (1, 1, [0, 0, 10, 10], 0.8),
+    (2, 1, [0, 0, 20, 21], 0.6),
+    (1, 1, [20, 1, 10, 10], 0.4),
+    (2, 1, [5, 5, 20, 20], 0.35),
+    (1, 1, [50, 50, 5, 5], 0.3),
+    (1, 2, [30, 30, 10, 10], 0.7),
+    (2, 2, [0, 0, 5, 5], 0.7),
+    (3, 2, [0, 0, 5, 5], 0.2),
     (2, 3, [0, 40, 10, 10], 0.5),
     (1, 4, [0, 0, 10, 10], 0.9),
-]  # fmt: skip
+]
 NAMES = ["a", "b", "c", "d"]
 
 
@@ -53,11 +61,17 @@ def _coco_gt():
         ],
         "categories": [{"id": c, "name": NAMES[c - 1]} for c in (1, 2, 3, 4)],
         "annotations": [
-            {"id": k + 1, "image_id": im, "category_id": c, "bbox": b, "area": b[2] * b[3],
-             "iscrowd": 0}
+            {
+                "id": k + 1,
+                "image_id": im,
+                "category_id": c,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": 0,
+            }
             for k, (im, c, b) in enumerate(GT)
         ],
-    }  # fmt: skip
+    }
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -184,9 +198,11 @@ def test_predictor_applies_per_class_thresholds(predictor_setup):
 def test_predictors_load_a_thresholds_file(predictor_setup):
     cfg, images, unfiltered, thresholds, tmp = predictor_setup
     path = tmp / "thresholds.json"
-    path.write_text(json.dumps({"classes": [
-        {"name": n, "threshold": t} for n, t in zip(SYNTH_CLASSES, thresholds)
-    ]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {"classes": [{"name": n, "threshold": t} for n, t in zip(SYNTH_CLASSES, thresholds)]}
+        )
+    )
     single = Predictor(cfg, thresholds=str(path))
     assert _same(single(images[0])["instances"], _expected(unfiltered, thresholds))
     batch = BatchPredictor(cfg, batch_size=2, thresholds=str(path))
@@ -210,17 +226,31 @@ def test_thresholds_must_fit_the_model(predictor_setup, tmp_path):
 def test_demo_draws_with_class_thresholds(predictor_setup, tmp_path):
     cfg, images, _, thresholds, _ = predictor_setup
     path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps({"classes": [
-        {"name": n, "threshold": t} for n, t in zip(SYNTH_CLASSES, thresholds)
-    ]}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {"classes": [{"name": n, "threshold": t} for n, t in zip(SYNTH_CLASSES, thresholds)]}
+        )
+    )
     cv2.imwrite(str(tmp_path / "img.png"), images[0])
 
     def run(out, *flags):
         demo.main(
-            ["--config-file", QUICKSTART, "--input", str(tmp_path / "img.png"),
-             "--output", str(tmp_path / out), *flags, "--opts", *TINY_OPTS,
-             "MODEL.FCOS.SCORE_THRESH_TEST", "0.0", "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS]
-        )  # fmt: skip
+            [
+                "--config-file",
+                QUICKSTART,
+                "--input",
+                str(tmp_path / "img.png"),
+                "--output",
+                str(tmp_path / out),
+                *flags,
+                "--opts",
+                *TINY_OPTS,
+                "MODEL.FCOS.SCORE_THRESH_TEST",
+                "0.0",
+                "MODEL.WEIGHTS",
+                cfg.MODEL.WEIGHTS,
+            ]
+        )
         return cv2.imread(str(tmp_path / out / "img.png")).astype(int)
 
     with_thresholds = run("per_class", "--class-thresholds", str(path))

@@ -1,4 +1,5 @@
 """FCOS assignment against hand-computed targets and a slow per-location reference."""
+
 import math
 
 import pytest
@@ -32,9 +33,13 @@ def _assign(
     """Positives as {(level, x, y): (label, (l, t, r, b))} plus the raw targets."""
     locations = compute_locations(SHAPES, STRIDES, offset=0.5)
     assigner = FCOSAssigner(
-        num_classes=BG, sizes_of_interest=sizes, center_sampling_radius=radius,
-        max_pairs=max_pairs, size_range_bounds=bounds, match_area=area,
-    )  # fmt: skip
+        num_classes=BG,
+        sizes_of_interest=sizes,
+        center_sampling_radius=radius,
+        max_pairs=max_pairs,
+        size_range_bounds=bounds,
+        match_area=area,
+    )
     targets = assigner(locations, STRIDES, [_instances(boxes, classes)])
     level_of = torch.cat([torch.full((len(loc),), i) for i, loc in enumerate(locations)])
     points = torch.cat(locations)
@@ -58,8 +63,12 @@ def test_locations_follow_the_paper_mapping():
 
 def test_level_size_ranges():
     assert level_size_ranges([64, 128, 256, 512], 5) == [
-        (0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf),
-    ]  # fmt: skip
+        (0, 64),
+        (64, 128),
+        (128, 256),
+        (256, 512),
+        (512, math.inf),
+    ]
     with pytest.raises(ValueError, match="SIZES_OF_INTEREST"):
         level_size_ranges([64, 128], 5)
 
@@ -99,9 +108,7 @@ def test_one_box_per_level_range():
         positives, _ = _assign([box], [cls])
         assert positives == expected, box
     # All three together: their positives do not compete, so the union is assigned.
-    positives, _ = _assign(
-        [[0, 0, 16, 16], [32, 0, 64, 32], [0, 0, 64, 64]], [0, 1, 2]
-    )
+    positives, _ = _assign([[0, 0, 16, 16], [32, 0, 64, 32], [0, 0, 64, 64]], [0, 1, 2])
     assert positives == {**p3, **p4, **p5}
 
 
@@ -243,8 +250,13 @@ def _slow_reference(points, lo, hi, strides, boxes, radius, bounds="closed"):
 
 @pytest.mark.parametrize(
     "seed,radius,bounds",
-    [(0, 0.0, "closed"), (1, 1.5, "closed"), (2, 0.0, "open"), (3, 1.0, "closed"),
-     (4, 1.5, "open")],  # fmt: skip
+    [
+        (0, 0.0, "closed"),
+        (1, 1.5, "closed"),
+        (2, 0.0, "open"),
+        (3, 1.0, "closed"),
+        (4, 1.5, "open"),
+    ],
 )
 def test_vectorised_matches_slow_reference_on_random_boxes(seed, radius, bounds):
     g = torch.Generator().manual_seed(seed)

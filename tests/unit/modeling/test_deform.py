@@ -8,7 +8,6 @@ from detectron2.config import get_cfg
 from detectron2.layers import DeformConv, FrozenBatchNorm2d, ModulatedDeformConv
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from helpers import QUICKSTART, TINY_OPTS
 from torch.nn import functional as F
 
 import fcos_d2
@@ -21,6 +20,7 @@ from fcos_d2.modeling.deform import (
     deform_conv,
     use_deform_conv_fallback,
 )
+from helpers import QUICKSTART, TINY_OPTS
 
 
 def bilinear(img, y, x):
@@ -100,8 +100,9 @@ def test_hand_made_offsets_sample_as_the_papers_say():
 
 
 @pytest.mark.parametrize("modulated", [False, True])
-@pytest.mark.parametrize("stride,pad,dil,groups,off_groups", [(1, 1, 1, 1, 1), (2, 1, 1, 2, 2),
-                                                               (1, 2, 2, 1, 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "stride,pad,dil,groups,off_groups", [(1, 1, 1, 1, 1), (2, 1, 1, 2, 2), (1, 2, 2, 1, 2)]
+)
 def test_random_offsets_match_the_reference(modulated, stride, pad, dil, groups, off_groups):
     c_in, c_out = 4, 4
     x = _randn(2, c_in, 6, 7, seed=1)
@@ -116,8 +117,17 @@ def test_random_offsets_match_the_reference(modulated, stride, pad, dil, groups,
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     # The Detectron2 modules on this route compute the same (same layout).
     cls = ModulatedDeformConvFallback if modulated else DeformConvFallback
-    layer = cls(c_in, c_out, 3, stride=stride, padding=pad, dilation=dil, groups=groups,
-                deformable_groups=off_groups, bias=modulated).double()  # fmt: skip
+    layer = cls(
+        c_in,
+        c_out,
+        3,
+        stride=stride,
+        padding=pad,
+        dilation=dil,
+        groups=groups,
+        deformable_groups=off_groups,
+        bias=modulated,
+    ).double()
     with torch.no_grad():
         layer.weight.copy_(weight)
         if modulated:
@@ -184,8 +194,15 @@ def _dcn_cfg(*opts):
     fcos_d2.add_fcos_config(cfg)
     cfg.merge_from_file(QUICKSTART)
     cfg.merge_from_list(TINY_OPTS)
-    cfg.merge_from_list(["MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, True, True, True]",
-                         "MODEL.DEVICE", "cpu", *opts])  # fmt: skip
+    cfg.merge_from_list(
+        [
+            "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+            "[False, True, True, True]",
+            "MODEL.DEVICE",
+            "cpu",
+            *opts,
+        ]
+    )
     return cfg
 
 
@@ -196,8 +213,9 @@ def _batch(seed=0):
         img = torch.randint(0, 256, (3, 96, 128), generator=g).float()
         xy = torch.rand(3, 2, generator=g) * 50
         boxes = torch.cat([xy, xy + 16 + torch.rand(3, 2, generator=g) * 30], dim=1)
-        inst = Instances((96, 128), gt_boxes=Boxes(boxes),
-                         gt_classes=torch.randint(0, 5, (3,), generator=g))  # fmt: skip
+        inst = Instances(
+            (96, 128), gt_boxes=Boxes(boxes), gt_classes=torch.randint(0, 5, (3,), generator=g)
+        )
         out.append({"image": img, "instances": inst, "height": 96, "width": 128})
     return out
 
@@ -205,8 +223,9 @@ def _batch(seed=0):
 @pytest.mark.parametrize("modulated", [False, True])
 def test_deformable_resnet_trains_infers_and_reloads(modulated, tmp_path):
     torch.manual_seed(0)
-    cfg = _dcn_cfg("MODEL.RESNETS.DEFORM_MODULATED", str(modulated),
-                   "MODEL.FCOS.USE_DEFORMABLE", "True")  # fmt: skip
+    cfg = _dcn_cfg(
+        "MODEL.RESNETS.DEFORM_MODULATED", str(modulated), "MODEL.FCOS.USE_DEFORMABLE", "True"
+    )
     model = build_model(cfg)
     deform = [m for m in model.modules() if isinstance(m, (DeformConv, ModulatedDeformConv))]
     # res3 (4 blocks) + res4 (6) + res5 (3), one in each block, and one per head tower.
@@ -226,8 +245,12 @@ def test_deformable_resnet_trains_infers_and_reloads(modulated, tmp_path):
         total.backward()
         opt.step()
     # Gradients reached the deformable layers' weights and their offset convolutions.
-    names = ["backbone.bottom_up.res3.0.conv2.weight", "head.cls_tower.0.conv.weight",
-             "backbone.bottom_up.res4.2.conv2_offset.weight", "head.bbox_tower.0.offset.weight"]
+    names = [
+        "backbone.bottom_up.res3.0.conv2.weight",
+        "head.cls_tower.0.conv.weight",
+        "backbone.bottom_up.res4.2.conv2_offset.weight",
+        "head.bbox_tower.0.offset.weight",
+    ]
     for name in names:
         assert not torch.equal(before[name], dict(model.named_parameters())[name]), name
     model.eval()

@@ -7,10 +7,10 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import CycleBatchNormList, ShapeSpec
 from detectron2.modeling import build_model
-from helpers import ROOT, copypaste_ap, run_train_net, tiny_env
 
 import fcos_d2
 from fcos_d2.modeling.head import FCOSHead
+from helpers import ROOT, builtin_json, copypaste_ap, recomputed_ap, run_train_net, tiny_env
 
 RT = os.path.join(ROOT, "configs", "FCOS_RT_R50_4x.yaml")
 
@@ -38,8 +38,14 @@ def test_config_follows_adelaidet_fcos_rt():
 def _bn_head(use_deformable: bool, seed: int = 0) -> FCOSHead:
     torch.manual_seed(seed)
     shapes = [ShapeSpec(channels=32, stride=s) for s in (8, 16, 32)]
-    head = FCOSHead(input_shape=shapes, num_classes=3, num_convs=2, norm="BN",
-                    use_deformable=use_deformable, norm_reg_targets=True)  # fmt: skip
+    head = FCOSHead(
+        input_shape=shapes,
+        num_classes=3,
+        num_convs=2,
+        norm="BN",
+        use_deformable=use_deformable,
+        norm_reg_targets=True,
+    )
     g = torch.Generator().manual_seed(seed + 1)
     for m in head.modules():  # statistics and affine far from the identity
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -60,8 +66,11 @@ def test_head_batchnorm_folded_at_inference_equals_unfolded(use_deformable):
     g = torch.Generator().manual_seed(5)
     feats = [torch.randn(2, 32, s, s + 3, generator=g) for s in (16, 8, 4)]
     calls = []
-    hooks = [m.register_forward_hook(lambda *a: calls.append(1))
-             for m in head.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda *a: calls.append(1))
+        for m in head.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     with torch.no_grad():
         plain = head(feats)  # not fused yet: fusion is a step (FCOS.fuse runs it)
         assert len(calls) == 2 * 2 * 3  # 2 towers x 2 norms x 3 levels
@@ -104,19 +113,54 @@ def test_trains_on_the_builtin_data_and_evaluates(tmp_path):
     # The FCOS-RT config on a thin ResNet without ImageNet weights: a few iterations and
     # the evaluation at the 512-style test size scaled down.
     opts = [
-        "MODEL.WEIGHTS", "", "MODEL.RESNETS.STEM_OUT_CHANNELS", "32",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RESNETS.WIDTH_PER_GROUP", "16",
-        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS.NUM_CLASSES", "5",
-        "MODEL.FCOS.NUM_CONVS", "2", "MODEL.FCOS.SIZES_OF_INTEREST", "[32, 64]",
-        "DATASETS.TRAIN", "('fcos_synth_train',)", "DATASETS.TEST", "('fcos_synth_val',)",
-        "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.01",
-        "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1",
-        "INPUT.MIN_SIZE_TRAIN", "(128, 160)", "INPUT.MAX_SIZE_TRAIN", "192",
-        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
-        "OUTPUT_DIR", str(tmp_path / "rt"),
-    ]  # fmt: skip
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS",
+        "32",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS",
+        "64",
+        "MODEL.RESNETS.WIDTH_PER_GROUP",
+        "16",
+        "MODEL.FPN.OUT_CHANNELS",
+        "32",
+        "MODEL.FCOS.NUM_CLASSES",
+        "5",
+        "MODEL.FCOS.NUM_CONVS",
+        "2",
+        "MODEL.FCOS.SIZES_OF_INTEREST",
+        "[32, 64]",
+        "DATASETS.TRAIN",
+        "('fcos_synth_train',)",
+        "DATASETS.TEST",
+        "('fcos_synth_val',)",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.STEPS",
+        "(2,)",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(128, 160)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "192",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "INPUT.MAX_SIZE_TEST",
+        "192",
+        "OUTPUT_DIR",
+        str(tmp_path / "rt"),
+    ]
     proc = run_train_net(["--config-file", RT, *opts], tiny_env(tmp_path / "cache"))
     assert "Starting training from iteration 0" in proc.stdout
     assert os.path.isfile(tmp_path / "rt" / "model_final.pth")
+    # The printed AP is that of the written detections, recomputed independently.
     ap = copypaste_ap(proc.stdout)
-    assert ap is not None and set(ap) >= {"AP", "AP50"}
+    results = tmp_path / "rt" / "inference" / "coco_instances_results.json"
+    recomputed = recomputed_ap(results, builtin_json(tmp_path / "cache", "val"))
+    assert abs(ap["AP"] - recomputed["AP"]) < 1e-3 and abs(ap["AP50"] - recomputed["AP50"]) < 1e-3

@@ -5,9 +5,9 @@ import pytest
 import torch
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
-from helpers import small_fcos_cfg
 
 from fcos_d2.modeling.fusion import FrozenBNConv2d, fold_frozen_batchnorm, to_plain_convs
+from helpers import small_fcos_cfg
 
 
 def _randomise_frozen_bn(model, seed=0):

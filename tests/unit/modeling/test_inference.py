@@ -17,7 +17,7 @@ from fcos_d2.modeling.inference import (
 )
 from fcos_d2.modeling.locations import compute_locations
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
 
 def logit(p):

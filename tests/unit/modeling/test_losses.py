@@ -1,4 +1,5 @@
 """FCOS losses against hand-computed values and torchvision's reference ops."""
+
 import math
 
 import pytest
@@ -98,19 +99,26 @@ def test_fcos_losses_against_reference_formula():
         * (torch.minimum(t[:, 1], t[:, 3]) / torch.maximum(t[:, 1], t[:, 3]))
     )
     ref_loc = iou_loss(box_reg[pos], t, "iou") / num_pos
-    ref_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
-        ctr[pos], ref_ctr_t, reduction="sum"
-    ) / num_pos
+    ref_ctr = (
+        torch.nn.functional.binary_cross_entropy_with_logits(ctr[pos], ref_ctr_t, reduction="sum")
+        / num_pos
+    )
     torch.testing.assert_close(losses["loss_fcos_cls"], ref_cls)
     torch.testing.assert_close(losses["loss_fcos_loc"], ref_loc)
     torch.testing.assert_close(losses["loss_fcos_ctr"], ref_ctr)
 
     # Centerness-weighted box loss is normalised by the sum of the weights.
     weighted = fcos_losses(
-        logits, box_reg, ctr, labels, reg_targets, num_classes=c,
-        loc_loss_type="giou", loc_weight_by_centerness=True,
+        logits,
+        box_reg,
+        ctr,
+        labels,
+        reg_targets,
+        num_classes=c,
+        loc_loss_type="giou",
+        loc_weight_by_centerness=True,
         loss_weights={"loss_fcos_loc": 2.0},
-    )  # fmt: skip
+    )
     per_box = iou_loss(box_reg[pos], t, "giou", reduction="none")
     torch.testing.assert_close(
         weighted["loss_fcos_loc"], 2.0 * (per_box * ref_ctr_t).sum() / ref_ctr_t.sum()
@@ -158,17 +166,25 @@ def test_loss_on_image_without_boxes():
     [
         {},
         {
-            "NORM_REG_TARGETS": True, "CENTERNESS_ON_REG": True, "CENTER_SAMPLING_RADIUS": 1.5,
-            "LOC_LOSS_TYPE": "giou", "LOC_LOSS_WEIGHT_BY_CENTERNESS": True,
+            "NORM_REG_TARGETS": True,
+            "CENTERNESS_ON_REG": True,
+            "CENTER_SAMPLING_RADIUS": 1.5,
+            "LOC_LOSS_TYPE": "giou",
+            "LOC_LOSS_WEIGHT_BY_CENTERNESS": True,
         },
     ],
-)  # fmt: skip
+)
 def test_loss_with_boxes_reaches_every_head_parameter(overrides):
     model = _small_model(**overrides)
     # Boxes of sizes from 12 px to the whole image: every level (up to P7, > 512) has positives.
     # (The whole-image box is wide enough for P7 positives even with center sampling.)
-    boxes = [[10, 10, 30, 40], [100, 100, 300, 260], [50, 50, 900, 700], [0, 0, 1152, 768],
-             [60, 60, 72, 72]]  # fmt: skip
+    boxes = [
+        [10, 10, 30, 40],
+        [100, 100, 300, 260],
+        [50, 50, 900, 700],
+        [0, 0, 1152, 768],
+        [60, 60, 72, 72],
+    ]
     losses = model(_inputs(boxes, [0, 1, 2, 3, 0], size=(768, 1152)))
     assert all(v > 0 and torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()

@@ -7,7 +7,6 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from helpers import QUICKSTART, TINY_OPTS
 
 import fcos_d2
 from fcos_d2.modeling import precision
@@ -17,11 +16,12 @@ from fcos_d2.modeling.precision import (
     precision_dtype,
     resolve_precision,
 )
+from helpers import QUICKSTART, TINY_OPTS
 
-AVX2 = CPUCapability(isa="AVX2", avx512_bf16=False, amx_bf16=False, avx512_vnni=False,
-                     amx_int8=False)  # fmt: skip
-AMX = CPUCapability(isa="AVX512", avx512_bf16=True, amx_bf16=True, avx512_vnni=True,
-                    amx_int8=True)  # fmt: skip
+AVX2 = CPUCapability(
+    isa="AVX2", avx512_bf16=False, amx_bf16=False, avx512_vnni=False, amx_int8=False
+)
+AMX = CPUCapability(isa="AVX512", avx512_bf16=True, amx_bf16=True, avx512_vnni=True, amx_int8=True)
 
 
 @pytest.fixture(params=[AVX2, AMX], ids=["avx2", "amx"])
