@@ -41,7 +41,7 @@ __all__ = [
 #: ``fcos_d2::batched_nms_mask`` operator are additions under fcos-d2's own names and are
 #: not listed. "stage" says when the change happens: "import" (importing fcos_d2),
 #: "lvis evaluator", "coco evaluation" (undone after it), "cpu launch", "export". Building a
-#: Trainer or a COCO evaluator changes nothing. tests/unit/test_compat.py checks that
+#: Trainer or a COCO evaluator changes nothing. tests/unit/core/test_compat.py checks that
 #: importing fcos_d2, building a Trainer and an evaluator, and exporting change exactly
 #: the attributes listed for those stages.
 PATCHES = (

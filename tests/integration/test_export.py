@@ -17,14 +17,11 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from torchvision.ops import batched_nms
 
 import fcos_d2
 from fcos_d2.deploy import (
     ExportedPredictor,
-    nms_per_class,
     postprocess,
-    resize_shortest_edge,
 )
 from fcos_d2.errors import InputError
 from fcos_d2.export import compare_with_eager, exported_runners
@@ -195,16 +192,34 @@ def test_pt2_loads_without_detectron2_and_fcos_d2(exported, tmp_path):
     image = images()[1]
     np.save(tmp_path / "image.npy", image.numpy())
     code = f"""
+
+
 import sys
+
+
 for name in ("detectron2", "fcos_d2"):
     sys.modules[name] = None  # importing either now fails
+
+
 import numpy as np, torch, torchvision  # torchvision registers its nms operator
+
+
 program = torch.export.load({path!r}).module()
+
+
 image = torch.from_numpy(np.load({str(tmp_path / "image.npy")!r}))
+
+
 b, s, c, n = program(image, torch.tensor([{image.shape[1]}, {image.shape[2]}]))
+
+
 n = int(n)
+
+
 np.savez({str(tmp_path / "out.npz")!r}, boxes=b[:n].numpy(), scores=s[:n].numpy(),
          classes=c[:n].numpy())
+
+
 assert not any(m.startswith(("detectron2", "fcos_d2")) for m in sys.modules if sys.modules[m])
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -223,14 +238,28 @@ def test_runtime_class_runs_without_torch(exported, tmp_path):
     bgr = g.integers(0, 256, (700, 1100, 3), dtype=np.uint8)  # shrunk to 326x512
     np.save(tmp_path / "bgr.npy", bgr)
     code = f"""
+
+
 import sys
+
+
 sys.modules["torch"] = None
+
+
 import numpy as np
+
+
 from fcos_d2.deploy import ExportedPredictor
+
+
 bgr = np.load({str(tmp_path / "bgr.npy")!r})
+
+
 for runtime in ("onnxruntime", "openvino"):
     out = ExportedPredictor({path!r}, runtime)(bgr)
     np.savez({str(tmp_path)!r} + "/" + runtime + ".npz", **out)
+
+
 assert not any(m.startswith(("torch", "detectron2")) for m in sys.modules if sys.modules[m])
 """
     run = subprocess.run(
@@ -250,55 +279,6 @@ assert not any(m.startswith(("torch", "detectron2")) for m in sys.modules if sys
     for runtime in ("onnxruntime", "openvino"):
         got = np.load(tmp_path / f"{runtime}.npz")
         assert_same((got["boxes"], got["scores"], got["classes"]), want)
-
-
-@pytest.mark.parametrize("h,w", [(300, 500), (500, 300), (100, 2000), (352, 352), (801, 1)])
-def test_resize_matches_detectron2_output_size(h, w):
-    image = np.zeros((h, w, 3), np.uint8)
-    expected = T.ResizeShortestEdge.get_output_shape(h, w, 352, 512)
-    assert resize_shortest_edge(image, 352, 512).shape[:2] == expected
-
-
-@pytest.mark.parametrize("h,w", [(300, 500), (1000, 700), (97, 1500), (352, 352)])
-def test_resize_equals_detectron2_pixels(h, w):
-    image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    want = T.ResizeShortestEdge([352, 352], 512).get_transform(image).apply_image(image)
-    assert np.array_equal(resize_shortest_edge(image, 352, 512), want)
-
-
-def test_numpy_nms_matches_torchvision():
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(300, 2, generator=g) * 100
-    boxes = torch.cat([xy, xy + torch.rand(300, 2, generator=g) * 40 + 1], dim=1)
-    scores = torch.rand(300, generator=g)
-    classes = torch.randint(0, 4, (300,), generator=g)
-    for thresh in (0.3, 0.6):
-        want = batched_nms(boxes, scores, classes, thresh).numpy()
-        got = nms_per_class(boxes.numpy(), scores.numpy(), classes.numpy(), thresh)
-        assert got.tolist() == want.tolist()
-        assert 30 < len(got) < 300
-
-
-def test_numpy_postprocess_with_no_candidates():
-    meta = {
-        "strides": [8, 16],
-        "location_stride": "level",
-        "location_offset": 0.5,
-        "score_thresh": 0.05,
-        "topk_candidates": 1000,
-        "sqrt_score": False,
-        "thresh_with_centerness": False,
-        "clip": "image",
-        "nms_plus_one": False,
-        "nms_thresh": 0.6,
-        "max_detections": 100,
-    }
-    levels = [
-        (np.full((3, 4, 6), -10.0), np.ones((4, 4, 6)), np.zeros((1, 4, 6))),
-        (np.full((3, 2, 3), -10.0), np.ones((4, 2, 3)), np.zeros((1, 2, 3))),
-    ]
-    boxes, scores, classes = postprocess(levels, (30, 44), PostProcessing.from_dict(meta))
-    assert boxes.shape == (0, 4) and len(scores) == 0 and len(classes) == 0
 
 
 def test_export_tool_refuses_bad_requests(tmp_path):
@@ -440,7 +420,11 @@ def _config_postprocessings():
 
 
 CONFIG_POSTPROCESSINGS = _config_postprocessings()
+
+
 PARITY_SIZES = [(352, 480), (241, 187), (160, 900)]
+
+
 PARITY_BOX_TOL = 1e-3  # px
 
 

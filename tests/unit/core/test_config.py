@@ -71,27 +71,6 @@ def test_multiscale_2x_schedules(name, depth, weights):
         assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.MODEL.PIXEL_STD[0] > 50
 
 
-def test_three_level_head_has_no_p6_p7_block():
-    cfg = load_cfg(os.path.join(ROOT, "configs", "quickstart.yaml"))
-    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5"]
-    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [32, 64]
-    model = build_model(cfg)
-    assert sorted(model.backbone.output_shape()) == ["p3", "p4", "p5"]
-    assert model.strides == [8, 16, 32] and len(model.head.scales) == 3
-    assert not any("top_block" in name for name, _ in model.named_parameters())
-
-
-def test_top_block_from_res5():
-    cfg = load_cfg(os.path.join(ROOT, "configs", "quickstart.yaml"))
-    cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE = "res5"
-    model = build_model(cfg)
-    res5 = model.backbone.bottom_up.output_shape()["res5"].channels
-    assert model.backbone.top_block.p6.in_channels == res5 != cfg.MODEL.FPN.OUT_CHANNELS
-    cfg.MODEL.FCOS.TOP_BLOCK_IN_FEATURE = "c5"
-    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE"):
-        build_model(cfg)
-
-
 FIDELITY_KEYS = (
     "LOCATION_STRIDE",
     "SIZE_RANGE_BOUNDS",

@@ -116,26 +116,6 @@ print("ok")
     assert out.stdout.strip().endswith("ok")
 
 
-def test_legacy_names_are_upgraded():
-    from detectron2.config import get_cfg
-
-    from fcos_d2.registry import upgrade_legacy_names
-
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "quickstart.yaml"))
-    cfg.MODEL.META_ARCHITECTURE = "FCOS"
-    cfg.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
-    messages = upgrade_legacy_names(cfg)
-    assert cfg.MODEL.META_ARCHITECTURE == "fcos_d2.FCOS"
-    assert cfg.MODEL.BACKBONE.NAME == "fcos_d2.build_resnet_fpn_backbone"
-    assert len(messages) == 2 and "write that in the config" in messages[0]
-    assert upgrade_legacy_names(cfg) == []  # nothing left to rewrite
-    # Another backbone of the same meta-architecture is left alone.
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    assert upgrade_legacy_names(cfg) == []
-
-
 def test_config_with_legacy_names_builds_and_trains_through_train_net(tmp_path):
     # A config saved by fcos-d2 0.1 (old names) still runs through the entry points, with a
     # warning that says what to write instead.

@@ -1,4 +1,5 @@
-"""Class-balanced sampling: Detectron2's RepeatFactorTrainingSampler with the FCOS trainer."""
+"""fcos_d2/engine/trainer.py: class-balanced sampling (Detectron2's RepeatFactorTrainingSampler)
+with the FCOS trainer; its EMA and best-checkpoint hooks: test_ema.py, test_best_checkpoint.py."""
 
 import collections
 import copy
