@@ -9,6 +9,7 @@ the project imports Detectron2 normally and asks this module about the differenc
 
 import contextlib
 import importlib
+import re
 import types
 from typing import Iterator, Optional, Tuple
 
@@ -89,10 +90,12 @@ PATCHES = (
 def _parse_version(text: str) -> Tuple[int, ...]:
     parts = []
     for token in text.split("+")[0].split("."):
-        digits = "".join(ch for ch in token if ch.isdigit())
+        digits = re.match(r"\d*", token).group()  # leading digits: "0rc1" -> 0
         if not digits:
             break
         parts.append(int(digits))
+        if len(digits) < len(token):  # a pre-release tag ends the numeric part
+            break
     return tuple(parts)
 
 

@@ -126,7 +126,9 @@ def recomputed_ap(results_json, gt_json: str) -> Dict[str, float]:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_json)
         with open(results_json) as f:
-            dt = gt.loadRes(json.load(f))
+            detections = json.load(f)
+        assert detections, f"{results_json} holds no detections: nothing to evaluate"
+        dt = gt.loadRes(detections)
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
         ev.accumulate()

@@ -282,7 +282,8 @@ def render() -> str:
         f"Every key that `fcos_d2.{FUNCTION}` adds to a Detectron2 config, with its default "
         f"(the value in `{FUNCTION}(get_cfg())`) and the comment that documents it in "
         "`fcos_d2/config.py`. After editing that file, regenerate this page with "
-        "`python tools/gen_config_docs.py` (`tests/unit/core/test_docs.py` fails while it is stale).",
+        "`python tools/gen_config_docs.py` (`tests/unit/core/test_docs.py` fails while it "
+        "is stale).",
         "",
         f"- [{FCOS_PREFIX}](#modelfcos)",
     ]
