@@ -55,6 +55,8 @@ def test_train_net_with_two_cpu_workers(tmp_path):
             "3",
             "SOLVER.STEPS",
             "(2,)",
+            "MODEL.FCOS.SCORE_THRESH_TEST",  # detections to evaluate after 3 iterations
+            "0.0",
             *TINY_OPTS[2:],
         ],
         tiny_env(tmp_path / "cache"),
