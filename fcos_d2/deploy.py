@@ -36,6 +36,23 @@ __all__ = [
 RUNTIMES = ("onnxruntime", "openvino")
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) under which its kernels, and OpenVINO's CPU
+#: plugin built on it, do not use the CPU's bf16 instructions even where the CPU has them.
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
+def onednn_isa_cap() -> str:
+    """oneDNN's ISA cap from the environment (ONEDNN_MAX_CPU_ISA or DNNL_MAX_CPU_ISA), ""."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", ""))
+
+
+def onednn_allows_bf16() -> bool:
+    """False where oneDNN's ISA cap keeps its kernels off the CPU's bf16 instructions."""
+    return onednn_isa_cap().upper() not in ONEDNN_ISAS_WITHOUT_BF16
+
+
 def load_metadata(model_path: str) -> Dict[str, Any]:
     """The JSON that tools/export_model.py writes beside a model (``model.onnx`` ->
     ``model.json``)."""
@@ -251,6 +268,7 @@ class ExportedPredictor:
             core = ov.Core()
             if precision == "auto":
                 native = "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+                native = native and (device != "CPU" or onednn_allows_bf16())
                 precision = "bf16" if native else "f32"
             config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
             if num_threads:

@@ -11,11 +11,12 @@ native bf16, and fp32 elsewhere; an explicit ``"bf16"`` still runs there, with a
 
 import functools
 import logging
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from ..deploy import ONEDNN_ISAS_WITHOUT_BF16, onednn_isa_cap
 
 __all__ = [
     "CPUCapability",
@@ -53,7 +54,7 @@ class CPUCapability:
         """Whether bfloat16 arithmetic runs in hardware (AVX512-BF16 or AMX) and oneDNN,
         which runs the convolutions, is allowed to use it (no ISA cap below
         AVX512_CORE_BF16)."""
-        if self.onednn_max_isa.upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        if self.onednn_max_isa.upper() in ONEDNN_ISAS_WITHOUT_BF16:
             return False
         return self.avx512_bf16 or self.amx_bf16
 
@@ -68,13 +69,6 @@ class CPUCapability:
         lacking = [f"no {name}" for name, on in flags[:2] if not on]
         capped = [f"oneDNN capped at {self.onednn_max_isa}"] if self.onednn_max_isa else []
         return f"{self.isa} ({', '.join(have + lacking + capped)})"
-
-
-#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) under which its kernels do not use the
-#: CPU's bf16 instructions, even where the CPU has them.
-_ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
-    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-)
 
 
 def _cpuinfo_flags() -> frozenset:
@@ -118,7 +112,7 @@ def cpu_capability() -> CPUCapability:
         amx_bf16=query("_is_amx_tile_supported", "amx_bf16"),
         avx512_vnni=query("_is_vnni_supported", "avx512_vnni"),
         amx_int8=query("_is_amx_tile_supported", "amx_int8"),
-        onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")),
+        onednn_max_isa=onednn_isa_cap(),
     )
 
 
