@@ -173,7 +173,7 @@ def add_fcos_config(cfg: CN) -> None:
     # GPUs), "fp16" (autocast, GPU only) or "auto": bf16 where the device executes it
     # natively, else fp32 on the CPU (fp16 on a GPU without bf16); the choice and the CPU's
     # capability are logged (fcos_d2/modeling/precision.py). An explicit "bf16" on a CPU
-    # without native bf16 runs emulated, about 5-8x slower than fp32, with a warning.
+    # without native bf16 runs emulated, about 5-10x slower than fp32, with a warning.
     # Training precision is SOLVER.AMP.ENABLED (and SOLVER.AMP.CPU_PRECISION on the CPU).
     _C.INFERENCE_PRECISION = ""
     # Run backbone + head through torch.compile (the first call of each input shape
@@ -189,7 +189,7 @@ def add_fcos_config(cfg: CN) -> None:
     # What SOLVER.AMP.ENABLED trains in on the CPU (on GPUs it is Detectron2's fp16
     # AMPTrainer): "auto" (bf16 autocast where the CPU executes bf16 natively, AVX512-BF16 or
     # AMX, else fp32, with a log line naming the CPU's capability), "bf16" (always; emulated
-    # and about 5-8x slower than fp32 on other CPUs, with a warning) or "fp32".
+    # and about 5-10x slower than fp32 on other CPUs, with a warning) or "fp32".
     if "CPU_PRECISION" not in cfg.SOLVER.AMP:
         cfg.SOLVER.AMP.CPU_PRECISION = "auto"
     # Keep the checkpoint of the best evaluation (Detectron2's BestCheckpointer, see

@@ -40,7 +40,7 @@ CONFIG_FP32 = os.path.join(ROOT, "configs", "quickstart_fp32.yaml")
 def choose_config() -> str:
     """
     configs/quickstart.yaml on a GPU or a CPU with native bf16 (AVX512-BF16 / AMX), where it
-    trains in bf16; configs/quickstart_fp32.yaml on other CPUs, where emulated bf16 is 5-8x
+    trains in bf16; configs/quickstart_fp32.yaml on other CPUs, where emulated bf16 is 5-10x
     slower than fp32 and the bf16 recipe would take over an hour in fp32. Logs the choice.
     """
     from fcos_d2.modeling.precision import cpu_capability, native_bf16
