@@ -6,7 +6,8 @@ bfloat16 pays only where the hardware executes it: NVIDIA GPUs, and CPUs with AV
 or AMX. Elsewhere (AVX2-only CPUs, AVX-512 without BF16) PyTorch emulates it: a training
 iteration of configs/quickstart.yaml took 5.55 s in bf16 against 0.58 s in fp32 on a 2-core
 CPU with oneDNN and ATen capped at AVX2 (docs/quickstart.md). ``"auto"`` therefore picks
-bf16 only where :func:`cpu_capability` reports native bf16, and fp32 elsewhere; an explicit ``"bf16"`` still runs there, with a warning.
+bf16 only where :func:`cpu_capability` reports native bf16, and fp32 elsewhere; an
+explicit ``"bf16"`` still runs there, with a warning.
 """
 
 import functools
