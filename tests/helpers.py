@@ -147,6 +147,19 @@ def start_iteration(log: str) -> Optional[int]:
     return int(m[-1]) if m else None
 
 
+def load_cfg(path: str):
+    """A Detectron2 config with the FCOS keys, merged from the yaml at ``path``, on the CPU."""
+    from detectron2.config import get_cfg
+
+    import fcos_d2
+
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
 def small_fcos_cfg(num_classes: int = 3):
     """A small FCOS on R18 with FrozenBatchNorm (batch-independent) for exactness tests."""
     from detectron2.config import get_cfg

@@ -5,21 +5,11 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import fcos_d2
-from helpers import ROOT  # noqa: E402
+from helpers import ROOT, load_cfg
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
-
-
-def load_cfg(path):
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def test_configs_exist():

@@ -9,27 +9,18 @@ import sys
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-import fcos_d2
 from fcos_d2.postprocess import PostProcessing, to_original_size
-from helpers import ROOT
+from helpers import ROOT, load_cfg
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 
 
-def _cfg(path: str):
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(path)
-    return cfg
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_from_config_reads_the_keys_and_survives_json(path):
-    cfg = _cfg(path)
+    cfg = load_cfg(path)
     f = cfg.MODEL.FCOS
     p = PostProcessing.from_config(cfg, (8, 16, 32))
     assert p.strides == (8, 16, 32)

@@ -4,19 +4,9 @@ without them for a three-level head."""
 import os
 
 import pytest
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-import fcos_d2
-from helpers import ROOT
-
-
-def load_cfg(path):
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+from helpers import ROOT, load_cfg
 
 
 def test_three_level_head_has_no_p6_p7_block():
