@@ -4,17 +4,39 @@ as are the engine keys that Detectron2's yacs config lacks (``SOLVER.LOG_PERIOD`
 ``SOLVER.AMP.CPU_PRECISION``, ``TEST.BEST_CHECKPOINT_*``, ``MODEL.EMA.*``).
 """
 
-from typing import Any, Sequence
+import difflib
+import os
+from typing import Any, Iterable, List, Optional, Sequence
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
-__all__ = ["add_fcos_config", "check_choice"]
+from .errors import InputError
+
+__all__ = [
+    "UnknownConfigKeyError",
+    "add_fcos_config",
+    "check_choice",
+    "complete_fcos_config",
+    "get_fcos_cfg",
+]
+
+#: Config nodes that are fcos-d2's alone: a key under them that ``add_fcos_config`` does
+#: not define is a typo, also in configs merged with ``set_new_allowed(True)``.
+STRICT_NODES = ("MODEL.FCOS", "MODEL.EMA")
 
 
 def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     """Raise a ValueError naming ``MODEL.FCOS.<key>`` if ``value`` is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"MODEL.FCOS.{key} must be one of {tuple(choices)}, got {value!r}")
+
+
+class UnknownConfigKeyError(InputError, KeyError):
+    """A config key that does not exist; the message names it and the nearest valid key."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def add_fcos_config(cfg: CN) -> None:
@@ -215,3 +237,125 @@ def add_fcos_config(cfg: CN) -> None:
         cfg.MODEL.EMA = CN()
         cfg.MODEL.EMA.ENABLED = False
         cfg.MODEL.EMA.DECAY = 0.999
+
+
+def _defaults() -> CN:
+    cfg = get_cfg()
+    add_fcos_config(cfg)
+    return cfg
+
+
+def _node(cfg: CN, dotted: str) -> Optional[CN]:
+    for name in dotted.split("."):
+        cfg = cfg.get(name) if isinstance(cfg, CN) else None
+    return cfg if isinstance(cfg, CN) else None
+
+
+def _keys(node: CN, prefix: str) -> Iterable[str]:
+    for k, v in node.items():
+        yield from _keys(v, f"{prefix}.{k}") if isinstance(v, CN) else (f"{prefix}.{k}",)
+
+
+def nearest_key(full_key: str, defaults: Optional[CN] = None) -> Optional[str]:
+    """The valid key closest in spelling to ``full_key`` (e.g. ``MODEL.FCOS.NUM_CLASES`` ->
+    ``MODEL.FCOS.NUM_CLASSES``): among the keys of its deepest existing parent node first,
+    then among all keys of the config; None if nothing is close."""
+    defaults = defaults if defaults is not None else _defaults()
+    parts = full_key.split(".")
+    node, depth = defaults, 0
+    while depth < len(parts) - 1 and isinstance(node.get(parts[depth]), CN):
+        node, depth = node[parts[depth]], depth + 1
+    prefix = ".".join(parts[:depth])
+    rest = ".".join(parts[depth:])
+    local = [k[len(prefix) + 1 :] if prefix else k for k in _keys(node, prefix or "_")]
+    if not prefix:
+        local = [k[2:] for k in local]
+    match = difflib.get_close_matches(rest, local, n=1, cutoff=0.6)
+    if match:
+        return f"{prefix}.{match[0]}" if prefix else match[0]
+    match = difflib.get_close_matches(full_key, [k[2:] for k in _keys(defaults, "_")], n=1)
+    return match[0] if match else None
+
+
+def unknown_key_error(full_key: str, source: str = "", defaults: Optional[CN] = None):
+    """An :class:`UnknownConfigKeyError` naming ``full_key``, the nearest valid key and the
+    file or route it came from."""
+    near = nearest_key(full_key, defaults)
+    where = f"{source}: " if source else ""
+    hint = f" (did you mean {near}?)" if near else ""
+    return UnknownConfigKeyError(f"{where}unknown config key {full_key}{hint}")
+
+
+def _unknown_strict_keys(cfg: CN, defaults: CN) -> List[str]:
+    unknown = []
+    for dotted in STRICT_NODES:
+        node, ref = _node(cfg, dotted), _node(defaults, dotted)
+        if node is None or ref is None:
+            continue
+        valid = set(_keys(ref, dotted))
+        unknown += [k for k in _keys(node, dotted) if k not in valid]
+    return unknown
+
+
+def _missing_keys(cfg: CN, defaults: CN) -> bool:
+    for k, v in defaults.items():
+        if k not in cfg:
+            return True
+        if isinstance(v, CN) and (not isinstance(cfg[k], CN) or _missing_keys(cfg[k], v)):
+            return True
+    return False
+
+
+def complete_fcos_config(cfg: CN) -> CN:
+    """
+    The config that ``get_cfg()`` + :func:`add_fcos_config` + merging ``cfg`` gives: the
+    FCOS defaults for every key ``cfg`` lacks, ``cfg``'s values kept. For configs that
+    third-party code builds from an fcos-d2 yaml without :func:`add_fcos_config`
+    (``cfg = get_cfg(); cfg.set_new_allowed(True); cfg.merge_from_file(path)``, or through
+    ``_BASE_`` chains), as wrappers of Detectron2 models do. The model builders call it, so
+    such a config builds the same model. Returns ``cfg`` itself when nothing is missing,
+    else a new config (frozen if ``cfg`` was). Raises :class:`UnknownConfigKeyError` for a
+    key under ``MODEL.FCOS`` or ``MODEL.EMA`` that does not exist (a typo), naming the
+    nearest valid one; keys elsewhere that Detectron2 lacks are kept (other extensions').
+    """
+    defaults = _defaults()
+    unknown = _unknown_strict_keys(cfg, defaults)
+    if unknown:
+        raise unknown_key_error(unknown[0], defaults=defaults)
+    if not _missing_keys(cfg, defaults):
+        return cfg
+    defaults.set_new_allowed(True)
+    defaults.merge_from_other_cfg(cfg)
+    defaults.set_new_allowed(False)
+    if cfg.is_frozen():
+        defaults.freeze()
+    return defaults
+
+
+def get_fcos_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """
+    ``get_cfg()`` with the FCOS keys (:func:`add_fcos_config`), merged from
+    ``config_file`` (if given) and the ``KEY VALUE`` list ``opts``. A key that does not
+    exist raises :class:`UnknownConfigKeyError` naming the file (or "command line"), the
+    key and the nearest valid key; a missing file raises :class:`InputError`.
+    """
+    cfg = _defaults()
+    if config_file is not None:
+        if not os.path.isfile(config_file):
+            raise InputError(f"config file not found: {config_file}")
+        _merge(cfg, lambda: cfg.merge_from_file(config_file), config_file)
+    if opts:
+        _merge(cfg, lambda: cfg.merge_from_list(list(opts)), "command-line config override")
+    return cfg
+
+
+def _merge(cfg: CN, merge, source: str) -> None:
+    try:
+        merge()
+    except (KeyError, AssertionError, ValueError) as e:
+        msg = str(e.args[0] if e.args else e)
+        # yacs: "Non-existent config key: K" (files), "Non-existent key: K" (lists)
+        for prefix in ("Non-existent config key: ", "Non-existent key: "):
+            if msg.startswith(prefix):
+                raise unknown_key_error(msg[len(prefix) :], source) from None
+        raise InputError(f"{source}: {msg}") from e

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from typing import List, Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
@@ -33,7 +33,7 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn.precise_bn import get_bn_modules
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import add_fcos_config
+from ..config import complete_fcos_config, get_fcos_cfg
 from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
 from ..errors import InputError
 from ..modeling.tta import FCOSWithTTA
@@ -108,18 +108,7 @@ def _register_user_data(cfg: CfgNode, args: argparse.Namespace) -> None:
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from ``--config-file`` and overrides; CPU when no GPU exists; Detectron2 setup."""
-    cfg = get_cfg()
-    add_fcos_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise InputError(f"config file not found: {args.config_file}")
-    try:
-        cfg.merge_from_file(args.config_file)
-    except KeyError as e:
-        raise InputError(f"{args.config_file}: {e.args[0] if e.args else e}") from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError, ValueError) as e:
-        raise InputError(f"command-line config override: {e.args[0] if e.args else e}") from e
+    cfg = get_fcos_cfg(args.config_file, args.opts)
     upgrade_legacy_names(cfg)
     _register_user_data(cfg, args)
     use_cpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
@@ -208,7 +197,7 @@ class Trainer(DefaultTrainer):
         d2_logger = logging.getLogger("detectron2")
         if not d2_logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = DefaultTrainer.auto_scale_workers(complete_fcos_config(cfg), comm.get_world_size())
         cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         # Constructed in DefaultTrainer's order.
         model = self.build_model(cfg)

@@ -5,6 +5,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from ..config import complete_fcos_config
 from ..registry import BACKBONE_NAME, register_as
 from .deform import use_deform_conv_fallback
 from .fusion import fold_frozen_batchnorm
@@ -27,6 +28,7 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     (``cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE``) run with torchvision's op where Detectron2's
     compiled one is unavailable (see deform.py).
     """
+    cfg = complete_fcos_config(cfg)
     bottom_up = build_resnet_backbone(cfg, input_shape)
     use_deform_conv_fallback(bottom_up)
     if cfg.MODEL.FCOS.FOLD_FROZEN_BN:

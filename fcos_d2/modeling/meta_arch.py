@@ -9,7 +9,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from ..config import check_choice
+from ..config import check_choice, complete_fcos_config
 from ..postprocess import PostProcessing
 from ..registry import LEGACY_BACKBONE_NAME, META_ARCH_NAME, register_as, upgrade_legacy_names
 from .assigner import build_fcos_assigner
@@ -135,6 +135,7 @@ class FCOS(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        cfg = complete_fcos_config(cfg)  # e.g. a yaml merged without add_fcos_config
         if cfg.MODEL.BACKBONE.NAME == LEGACY_BACKBONE_NAME:
             cfg = cfg.clone()
             cfg.defrost()

@@ -188,12 +188,15 @@ def test_training_with_degenerate_boxes_logs_the_counts(user_data):
 # ------------------------------------------------------------------- config / CLI
 def test_unknown_config_key(tmp_path):
     proc = run_train_net(
-        ["--config-file", QUICKSTART, "MODEL.FCOS.NO_SUCH_KEY", "1"],
+        ["--config-file", QUICKSTART, "MODEL.FCOS.NUM_CONV", "1"],
         tiny_env(tmp_path),
         check=False,
     )
     assert proc.returncode == 2
-    assert "Non-existent key: MODEL.FCOS.NO_SUCH_KEY" in proc.stdout
+    assert (
+        "command-line config override: unknown config key MODEL.FCOS.NUM_CONV "
+        "(did you mean MODEL.FCOS.NUM_CONVS?)" in proc.stdout
+    )
     assert "Traceback" not in proc.stdout
 
 
