@@ -23,6 +23,11 @@ setup(
     # Detectron2 is not on PyPI; tools/setup_env.sh installs it (see docs/install.md).
     install_requires=["torch", "torchvision", "fvcore", "pycocotools", "opencv-python-headless"],
     # Export and the runtime class: pip install -e .[deploy] (fcos_d2/deploy.py itself needs
-    # only numpy, Pillow and onnxruntime or openvino).
-    extras_require={"deploy": ["onnx", "onnxscript", "onnxruntime", "openvino", "Pillow"]},
+    # only numpy, Pillow and onnxruntime or openvino; nncf quantizes to INT8). Sliced
+    # inference needs SAHI, best installed as tools/setup_env.sh does (--no-deps: its
+    # opencv-python clashes with opencv-python-headless).
+    extras_require={
+        "deploy": ["onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "Pillow"],
+        "slicing": ["sahi", "shapely"],
+    },
 )

@@ -8,6 +8,13 @@ Run a trained FCOS model on images, folders of images or videos and write visual
 
 Detections are drawn from a score of --confidence-threshold, or with per-class thresholds
 from --class-thresholds FILE (written by tools/class_thresholds.py).
+
+Large images with small objects: --slice H W runs the model on overlapping H x W tiles
+(plus the whole image) through SAHI and merges the detections (fcos_d2/slicing.py):
+
+    python tools/demo.py --config-file configs/quickstart.yaml --input big.jpg \
+        --output demo_out/ --slice 352 352 --overlap 0.2 \
+        --opts MODEL.WEIGHTS output/quickstart/model_final.pth
 """
 
 import argparse
@@ -19,16 +26,16 @@ from typing import List
 import cv2
 import numpy as np
 import tqdm
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import fcos_d2  # noqa: E402
+from fcos_d2.config import get_fcos_cfg  # noqa: E402
 from fcos_d2.errors import InputError  # noqa: E402
 from fcos_d2.predictor import BatchPredictor, to_bgr_uint8  # noqa: E402
+from fcos_d2.slicing import sahi_detection_model, sliced_predict  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -52,6 +59,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "replaces --confidence-threshold",
     )
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--slice",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sliced inference through SAHI: tiles of H x W pixels (e.g. the test size)",
+    )
+    p.add_argument(
+        "--overlap", type=float, default=0.2, help="with --slice: overlap of neighbouring tiles"
+    )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     return p.parse_args(argv)
 
@@ -117,10 +134,7 @@ def run_video(predictor, path: str, out_path: str, metadata) -> int:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_fcos_cfg(args.config_file, args.opts)
     import torch
 
     if not torch.cuda.is_available():
@@ -128,7 +142,20 @@ def main(argv=None) -> None:
     cfg.freeze()
     # The predictor applies the thresholds (per class from the file, else the global one).
     thresholds = args.class_thresholds or args.confidence_threshold
-    predictor = BatchPredictor(cfg, batch_size=args.batch_size, thresholds=thresholds)
+    if args.slice:
+        if args.class_thresholds:
+            raise InputError("--class-thresholds is not supported with --slice")
+        if min(args.slice) < 1 or not 0 <= args.overlap < 1:
+            raise InputError(f"--slice needs sides >= 1 and 0 <= --overlap < 1, got {args}")
+        sahi_model = sahi_detection_model(cfg, confidence_threshold=args.confidence_threshold)
+
+        def predictor(images):
+            return [
+                {"instances": sliced_predict(sahi_model, im, args.slice, args.overlap)}
+                for im in images
+            ]
+    else:
+        predictor = BatchPredictor(cfg, batch_size=args.batch_size, thresholds=thresholds)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     os.makedirs(args.output, exist_ok=True)
     files = expand_inputs(args.input)

@@ -2,7 +2,8 @@
 # Create (or verify) the project's virtual environment in .venv/ and install
 # everything fcos-d2 needs: torch + torchvision, Detectron2, fvcore,
 # pycocotools, faster-coco-eval, OpenCV, lvis, pytest, ruff, the deployment runtimes
-# (ONNX, ONNX Runtime, OpenVINO) and fcos_d2 itself (editable).
+# (ONNX, ONNX Runtime, OpenVINO, NNCF for INT8), SAHI (sliced inference) and fcos_d2
+# itself (editable).
 #
 # Detectron2 is not on PyPI. By default it is built from the `pb1-detectron2`
 # sdist (upstream v0.6 sources) without its C++ extension (docs/install.md, "Installing
@@ -28,7 +29,13 @@ EXTRA_SPEC=("Pillow<10" "setuptools<80" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0
             "ruff==0.17.6")
 # Deployment (fcos_d2/export.py, fcos_d2/deploy.py; setup.py's "deploy" extra), pinned to the
 # versions the export tests ran with.
-DEPLOY_SPEC=("onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "openvino==2026.4.1")
+DEPLOY_SPEC=("onnx==1.23.2" "onnxscript==0.7.2" "onnxruntime==1.32.0" "openvino==2026.4.1"
+             "nncf==3.4.0")
+# Sliced inference (fcos_d2/slicing.py) through SAHI, installed without its dependencies
+# (its opencv-python would clash with opencv-python-headless, which provides the same cv2)
+# and with those it imports.
+SAHI_SPEC=("sahi==0.12.8")
+SAHI_DEPS=("shapely>=2,<3" "fire" "click" "requests")
 D2_SOURCE="${FCOS_D2_DETECTRON2:-pb1-detectron2==0.6}"
 
 # The stamp records what the venv was built from; a change re-runs the install.
@@ -41,7 +48,7 @@ KEY="$(stamp_key)"
 check_imports() {
   "$VENV/bin/python" - <<'EOF'
 import fcos_d2, detectron2, torch, torchvision, fvcore, pycocotools, faster_coco_eval, cv2  # noqa: F401
-import lvis, onnx, onnxscript, onnxruntime, openvino  # noqa: F401
+import lvis, onnx, onnxscript, onnxruntime, openvino, nncf, sahi.predict  # noqa: F401
 from detectron2.engine import DefaultTrainer  # noqa: F401
 EOF
 }
@@ -110,6 +117,8 @@ fi
 # lvis (Detectron2's LVISEvaluator) without its dependencies: they are Detectron2's, except
 # opencv-python, which would clash with opencv-python-headless; Cython is build-time only.
 "${PIP[@]}" install -q --no-deps "lvis==0.5.3"
+"${PIP[@]}" install -q "${SAHI_DEPS[@]}"
+"${PIP[@]}" install -q --no-deps "${SAHI_SPEC[@]}"
 
 echo "[setup] fcos_d2 (editable)"
 "${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
