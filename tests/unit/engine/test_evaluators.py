@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 
 import cv2
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import (
+    load_coco_json,
     load_lvis_json,
     register_coco_instances,
     register_lvis_instances,
@@ -26,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 import fcos_d2
 from fcos_d2 import InputError
 from fcos_d2.data.builtin import SYNTH_CLASSES, generate_synthetic_coco
+from fcos_d2.data.export_formats import write_voc_dataset
 from fcos_d2.engine import Trainer
 from fcos_d2.evaluation import PRCurveCOCOEvaluator, pr_curves_at
 from helpers import QUICKSTART, ROOT, TINY_OPTS, copypaste_ap, tiny_env, untrained_weights
@@ -40,42 +41,10 @@ def coco(tmp_path_factory):
 
 
 def write_voc_copy(json_file: str, image_dir: str, voc_dir: str, split: str = "test") -> None:
-    """A Pascal VOC copy of a COCO dataset: JPEGImages, Annotations (1-based inclusive
-    integer boxes), ImageSets/Main/<split>.txt."""
-    with open(json_file) as f:
-        data = json.load(f)
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        os.makedirs(os.path.join(voc_dir, sub), exist_ok=True)
-    ids = []
-    for im in data["images"]:
-        stem = os.path.splitext(im["file_name"])[0]
-        ids.append(stem)
-        image = cv2.imread(os.path.join(image_dir, im["file_name"]))
-        cv2.imwrite(os.path.join(voc_dir, "JPEGImages", stem + ".jpg"), image)
-        root = ET.Element("annotation")
-        size = ET.SubElement(root, "size")
-        for key, value in (("width", im["width"]), ("height", im["height"]), ("depth", 3)):
-            ET.SubElement(size, key).text = str(value)
-        for a in data["annotations"]:
-            if a["image_id"] != im["id"]:
-                continue
-            x, y, w, h = a["bbox"]
-            obj = ET.SubElement(root, "object")
-            for key, value in (
-                ("name", names[a["category_id"]]),
-                ("pose", "Unspecified"),
-                ("truncated", 0),
-                ("difficult", 0),
-            ):
-                ET.SubElement(obj, key).text = str(value)
-            box = ET.SubElement(obj, "bndbox")
-            corners = (round(x) + 1, round(y) + 1, round(x + w), round(y + h))
-            for key, value in zip(("xmin", "ymin", "xmax", "ymax"), corners):
-                ET.SubElement(box, key).text = str(value)
-        ET.ElementTree(root).write(os.path.join(voc_dir, "Annotations", stem + ".xml"))
-    with open(os.path.join(voc_dir, "ImageSets", "Main", split + ".txt"), "w") as f:
-        f.write("\n".join(ids) + "\n")
+    """A Pascal VOC copy of a COCO dataset, by fcos_d2's writer (JPEGImages, Annotations with
+    1-based inclusive integer boxes, ImageSets/Main/<split>.txt)."""
+    dicts = load_coco_json(json_file, image_dir, "fcos_test_voc_source")
+    write_voc_dataset(dicts, SYNTH_CLASSES, voc_dir, split)
 
 
 def _cfg(output_dir):
@@ -216,6 +185,30 @@ def test_dataset_without_type_is_evaluated_as_coco(tmp_path):
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).thing_classes = ["a"]
     assert isinstance(Trainer.build_evaluator(_cfg(tmp_path), name), PRCurveCOCOEvaluator)
+
+
+def test_dataset_without_json_is_converted_afresh_for_each_run(tmp_path):
+    # Detectron2's COCOEvaluator reuses <output>/<name>_coco_format.json of an earlier run,
+    # even after the dataset changed; build_evaluator converts the dataset again.
+    name = "fcos_test_reconverted"
+    box = [10.0, 10.0, 20.0, 20.0]
+    record = {"file_name": "a.jpg", "image_id": 1, "height": 50, "width": 50}
+    anno = {"bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+    DatasetCatalog.register(name, lambda: [{**record, "annotations": [{**anno, "bbox": box}]}])
+    json_files = []
+    for new_box in (None, [5.0, 5.0, 30.0, 40.0]):
+        if new_box:  # a later run (a new process: metadata without json_file), new boxes
+            box[:] = new_box
+            MetadataCatalog.remove(name)
+        MetadataCatalog.get(name).thing_classes = ["a"]
+        Trainer.build_evaluator(_cfg(tmp_path), name)
+        json_files.append(MetadataCatalog.get(name).json_file)
+        with open(json_files[-1]) as f:
+            (converted,) = json.load(f)["annotations"]
+        assert converted["bbox"] == [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+    assert (
+        json_files[0] == json_files[1] == str(tmp_path / "inference" / f"{name}_coco_format.json")
+    )
 
 
 def test_coco_evaluation_draws_pr_curves_of_its_ap(coco, tmp_path):
