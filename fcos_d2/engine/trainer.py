@@ -35,6 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import complete_fcos_config, get_fcos_cfg
 from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
+from ..data.voc import register_voc_dataset, voc_class_names
+from ..data.yolo import register_yolo_dataset
 from ..errors import InputError
 from ..modeling.tta import FCOSWithTTA
 from ..registry import upgrade_legacy_names
@@ -48,10 +50,13 @@ __all__ = ["Trainer", "argument_parser", "check_num_classes", "create_ddp_model"
 logger = logging.getLogger("fcos_d2")
 
 USER_TRAIN, USER_TEST = "coco_user_train", "coco_user_test"
+#: Formats of the datasets given by path: --coco-train, --voc-train, --yolo-train (and -test).
+USER_FORMATS = ("coco", "voc", "yolo")
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    """Detectron2's ``default_argument_parser`` plus options for COCO-format data by path."""
+    """Detectron2's ``default_argument_parser`` plus options for COCO, Pascal VOC and YOLO
+    data by path."""
     parser = default_argument_parser()
     parser.add_argument(
         "--coco-train",
@@ -65,6 +70,26 @@ def argument_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("JSON", "IMAGE_DIR"),
         help="evaluate on a COCO-format dataset (sets DATASETS.TEST)",
+    )
+    for key, does in (("train", "train on"), ("test", "evaluate on")):
+        parser.add_argument(
+            f"--voc-{key}",
+            nargs=2,
+            metavar=("DIR", "SPLIT"),
+            help=f"{does} split SPLIT of a Pascal VOC folder (Annotations/, ImageSets/Main/, "
+            "JPEGImages/; VOC evaluator)",
+        )
+        parser.add_argument(
+            f"--yolo-{key}",
+            metavar="DIR",
+            help=f"{does} a YOLO folder (DIR/images/, DIR/labels/, DIR/data.yaml or "
+            "DIR/classes.txt; COCO evaluator)",
+        )
+    parser.add_argument(
+        "--class-names",
+        metavar="A,B,C|FILE",
+        help="class names of --voc-*/--yolo-* data: comma-separated, or a file with one a "
+        "line (default: VOC: the annotations' names, sorted; YOLO: the folder's)",
     )
     return parser
 
@@ -82,27 +107,72 @@ def _coco_categories(json_file: str) -> int:
     return len(cats)
 
 
+def _read_class_names(value: str) -> List[str]:
+    """``--class-names``: a file with one name a line, else comma-separated names."""
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise InputError(f"--class-names {value!r}: give distinct names, e.g. a,b,c")
+    return names
+
+
+def _register_coco(name: str, flag: str, paths: List[str]) -> int:
+    json_file, image_root = paths
+    if not os.path.isdir(image_root):
+        raise InputError(f"{flag}: image folder not found: {image_root}")
+    num = _coco_categories(json_file)
+    if name not in MetadataCatalog.list():
+        register_coco_instances(name, {}, json_file, image_root)
+    return num
+
+
 def _register_user_data(cfg: CfgNode, args: argparse.Namespace) -> None:
     opts = list(getattr(args, "opts", None) or [])
     given_num_classes = "MODEL.FCOS.NUM_CLASSES" in opts[::2]
-    for flag, name, key in (("coco_train", USER_TRAIN, "TRAIN"), ("coco_test", USER_TEST, "TEST")):
-        paths = getattr(args, flag, None)
-        if not paths:
+    names_arg = getattr(args, "class_names", None)
+    class_names = _read_class_names(names_arg) if names_arg else None
+    voc = [getattr(args, f"voc_{k}", None) for k in ("train", "test")]
+    voc_names = class_names
+    if voc_names is None and any(voc):  # one list for both splits: the union of their names
+        voc_names = sorted({n for v in voc if v for n in voc_class_names(*v)})
+    registered = {}
+    for key in ("TRAIN", "TEST"):
+        flags = [f"{fmt}_{key.lower()}" for fmt in USER_FORMATS]
+        given = [f for f in flags if getattr(args, f, None)]
+        if len(given) > 1:
+            raise InputError("give one of " + ", ".join("--" + f.replace("_", "-") for f in given))
+        if not given:
             continue
-        json_file, image_root = paths
-        if not os.path.isdir(image_root):
-            flag_name = "--" + flag.replace("_", "-")
-            raise InputError(f"{flag_name}: image folder not found: {image_root}")
-        num = _coco_categories(json_file)
-        if name not in MetadataCatalog.list():
-            register_coco_instances(name, {}, json_file, image_root)
+        flag, value = "--" + given[0].replace("_", "-"), getattr(args, given[0])
+        fmt = given[0].split("_")[0]
+        name = f"{fmt}_user_{key.lower()}"
+        if fmt == "coco":
+            num, source = _register_coco(name, flag, value), f"{value[0]} has {{}} categories"
+        elif fmt == "voc":
+            num = len(register_voc_dataset(name, value[0], value[1], voc_names))
+            source = f"{flag} {value[0]} {value[1]} has {{}} classes"
+        else:
+            num = len(register_yolo_dataset(name, value, class_names))
+            source = f"{flag} {value} has {{}} classes"
+        registered[key] = name
         setattr(cfg.DATASETS, key, (name,))
         if key == "TRAIN" and not given_num_classes:
             cfg.MODEL.FCOS.NUM_CLASSES = num
         elif num != cfg.MODEL.FCOS.NUM_CLASSES:
             raise InputError(
-                f"{json_file} has {num} categories but MODEL.FCOS.NUM_CLASSES is "
-                f"{cfg.MODEL.FCOS.NUM_CLASSES}"
+                f"{source.format(num)} but MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}"
+            )
+    if names_arg and not any(n.startswith(("voc", "yolo")) for n in registered.values()):
+        raise InputError("--class-names is for --voc-train/--voc-test/--yolo-train/--yolo-test")
+    if len(registered) == 2:
+        train, test = (MetadataCatalog.get(registered[k]).get("thing_classes") for k in registered)
+        if train and test and list(train) != list(test):
+            raise InputError(
+                f"the training data's classes {list(train)} differ from the test data's "
+                f"{list(test)}: give --class-names"
             )
 
 

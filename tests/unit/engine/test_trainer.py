@@ -1,17 +1,21 @@
 """fcos_d2/engine/trainer.py: class-balanced sampling (Detectron2's RepeatFactorTrainingSampler)
-with the FCOS trainer; its EMA and best-checkpoint hooks: test_ema.py, test_best_checkpoint.py."""
+with the FCOS trainer; datasets given by path (--voc-*, --yolo-*); its EMA and
+best-checkpoint hooks: test_ema.py, test_best_checkpoint.py."""
 
 import collections
 import copy
 import math
+import os
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-from fcos_d2.engine import Trainer
-from helpers import tiny_cfg
+from fcos_d2 import InputError
+from fcos_d2.engine import Trainer, argument_parser
+from fcos_d2.engine.trainer import _register_user_data
+from helpers import QUICKSTART, load_cfg, tiny_cfg
 
 RARE = 4  # "cross"
 
@@ -78,3 +82,83 @@ def test_fcos_trainer_samples_by_repeat_factor(imbalanced, tmp_path):
         assert counts[d["image_id"]] == pytest.approx(expected, rel=0.2), (d["image_id"], r)
     # The image of the rare class comes about sqrt(3) times as often as the others.
     assert counts[dicts[0]["image_id"]] > 1.4 * total / len(dicts)
+
+
+# ------------------------------------------------------------ datasets given by path
+def _yolo(root, names):
+    os.makedirs(root / "images")
+    (root / "data.yaml").write_text(f"names: {names}\n")
+    return str(root)
+
+
+def _voc(root, split, names):
+    for sub in ("Annotations", "ImageSets/Main"):
+        os.makedirs(root / sub, exist_ok=True)
+    (root / "ImageSets/Main" / f"{split}.txt").write_text(f"{split}0\n")
+    objects = "".join(f"<object><name>{n}</name></object>" for n in names)
+    (root / "Annotations" / f"{split}0.xml").write_text(f"<annotation>{objects}</annotation>")
+    return str(root)
+
+
+def _register(*argv):
+    args = argument_parser().parse_args(["--config-file", QUICKSTART, *argv])
+    cfg = load_cfg(QUICKSTART)
+    cfg.merge_from_list(args.opts)
+    _register_user_data(cfg, args)
+    return cfg
+
+
+def test_yolo_flags_set_the_datasets_and_class_count(tmp_path):
+    train = _yolo(tmp_path / "train", "[cat, dog, cow]")
+    test = _yolo(tmp_path / "test", "[cat, dog, cow]")
+    cfg = _register("--yolo-train", train, "--yolo-test", test)
+    assert cfg.DATASETS.TRAIN == ("yolo_user_train",) and cfg.DATASETS.TEST == ("yolo_user_test",)
+    assert cfg.MODEL.FCOS.NUM_CLASSES == 3
+    meta = MetadataCatalog.get("yolo_user_test")
+    assert (meta.thing_classes, meta.evaluator_type, meta.dirname) == (
+        ["cat", "dog", "cow"],
+        "coco",
+        test,
+    )
+    with pytest.raises(InputError, match=f"--yolo-test {test} has 3 classes but .* is 7"):
+        _register("--yolo-test", test, "MODEL.FCOS.NUM_CLASSES", "7")
+    other = _yolo(tmp_path / "other", "[cat, dog, pig]")
+    with pytest.raises(InputError, match="classes .*'cow'.* differ from the test .*'pig'"):
+        _register("--yolo-train", train, "--yolo-test", other)
+
+
+def test_voc_flags_take_the_class_names_of_both_splits(tmp_path):
+    voc = _voc(tmp_path / "voc", "train", ["person", "car", "person"])
+    _voc(tmp_path / "voc", "val", ["bird"])
+    cfg = _register("--voc-train", voc, "train", "--voc-test", voc, "val")
+    assert cfg.DATASETS.TRAIN == ("voc_user_train",) and cfg.DATASETS.TEST == ("voc_user_test",)
+    assert cfg.MODEL.FCOS.NUM_CLASSES == 3
+    for name in ("voc_user_train", "voc_user_test"):
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == ["bird", "car", "person"]
+        assert (meta.evaluator_type, meta.dirname) == ("pascal_voc", voc)
+    assert MetadataCatalog.get("voc_user_test").split == "val"
+    # --class-names: comma-separated or a file, in the given order.
+    (tmp_path / "names.txt").write_text("person\ncar\nbird\nbus\n")
+    for given in ("person, car,bird,bus", str(tmp_path / "names.txt")):
+        cfg = _register(
+            "--voc-test", voc, "val", "--class-names", given, *["MODEL.FCOS.NUM_CLASSES", "4"]
+        )
+        assert MetadataCatalog.get("voc_user_test").thing_classes == [
+            "person",
+            "car",
+            "bird",
+            "bus",
+        ]
+
+
+def test_dataset_flags_that_conflict_are_errors(tmp_path):
+    yolo = _yolo(tmp_path / "y", "[a]")
+    with pytest.raises(InputError, match="give one of --coco-train, --yolo-train"):
+        _register("--coco-train", "x.json", str(tmp_path), "--yolo-train", yolo)
+    with pytest.raises(InputError, match="--class-names is for --voc-train"):
+        _register("--class-names", "a,b")
+    with pytest.raises(InputError, match="distinct names"):
+        _register("--yolo-train", yolo, "--class-names", "a,a")
+    with pytest.raises(InputError, match="YOLO folder not found"):
+        _register("--yolo-train", str(tmp_path / "missing"))
