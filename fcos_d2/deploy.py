@@ -10,7 +10,8 @@ only numpy and the runtime: no torch, Detectron2 or fcos_d2 model code is import
 Models exported with ``--network-only`` get the post-processing of
 :func:`fcos_d2.modeling.inference.fcos_postprocess` here, in numpy (:func:`postprocess`),
 with the settings the exporter wrote (:class:`fcos_d2.postprocess.PostProcessing`).
-Images are resized with Pillow, as Detectron2 resizes them.
+Images are converted as ``fcos_d2.predictor.Predictor`` converts them (:mod:`fcos_d2.images`)
+and resized with Pillow, as Detectron2 resizes them.
 """
 
 import json
@@ -20,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .images import to_bgr_uint8
 from .postprocess import PostProcessing, to_original_size
 
 __all__ = [
@@ -209,8 +211,10 @@ def _openvino_precision(compiled: Any) -> str:
 
 class ExportedPredictor:
     """
-    Detectron2 ``DefaultPredictor``'s job for an exported model: BGR uint8 (H, W, 3) image
-    in, detections in original-image pixels out, with ONNX Runtime or OpenVINO.
+    Detectron2 ``DefaultPredictor``'s job for an exported model: an image in (BGR uint8
+    (H, W, 3), or grayscale, BGRA, 16-bit: the inputs of ``fcos_d2.predictor.Predictor``,
+    converted by the same :func:`fcos_d2.images.to_bgr_uint8`; small ones padded, see
+    :meth:`prepare`), detections in original-image pixels out, with ONNX Runtime or OpenVINO.
 
     Args:
         model_path: ``model.onnx`` / ``model_network.onnx`` written by tools/export_model.py
@@ -290,45 +294,81 @@ class ExportedPredictor:
         result = self._compiled(inputs)
         return [result[o] for o in self._compiled.outputs]
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """BGR uint8 (H, W, 3) -> the model's input: (3, h, w) float32, resized, its channel
-        order."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected a BGR uint8 (H, W, 3) image, got {image.dtype} {image.shape}"
-            )
+    def pad_value(self) -> np.ndarray:
+        """(3,) the pixel value the model input is padded with: the model's pixel mean
+        (its channel order), which the exported graph normalises to 0, the value it and
+        Detectron2 pad with. Metadata written before fcos-d2 recorded the mean: 0."""
+        return np.asarray(self.meta.get("pixel_mean", (0.0, 0.0, 0.0)), dtype=np.float32)
+
+    def prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """
+        An image (see :func:`fcos_d2.images.to_bgr_uint8`: BGR, grayscale, BGRA, 16-bit) ->
+        the model's input (3, H, W) float32, resized as DefaultPredictor resizes and in the
+        model's channel order, and the (h, w) of the resized image in it. Where a side of
+        the resized image falls below the exported model's minimum (``min_side``, e.g.
+        17x999 -> 9x512), the input is padded bottom/right to it with :meth:`pad_value`;
+        else (H, W) == (h, w). Raises InputError (a ValueError) naming what was given for
+        anything else (None, lists, empty images, other shapes and dtypes).
+        """
+        image = to_bgr_uint8(image)
         if self.meta["input_format"] == "RGB":
             image = image[:, :, ::-1]
         resized = resize_shortest_edge(
             image, self.meta["min_size_test"], self.meta["max_size_test"]
         )
-        if min(resized.shape[:2]) < self.meta.get("min_side", 0):
-            raise ValueError(
-                f"image of {image.shape[0]}x{image.shape[1]} resizes to "
-                f"{resized.shape[0]}x{resized.shape[1]}, but the exported model needs sides of "
-                f"at least {self.meta['min_side']} px (an aspect ratio of at most "
-                f"{self.meta['max_size_test'] / self.meta['min_side']:.1f} here)"
-            )
-        return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+        chw = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+        h, w = resized.shape[:2]
+        min_side = int(self.meta.get("min_side", 0))
+        if min(h, w) < min_side:
+            padded = np.empty((3, max(h, min_side), max(w, min_side)), np.float32)
+            padded[...] = self.pad_value()[:, None, None]
+            padded[:, :h, :w] = chw
+            chw = padded
+        return chw, (h, w)
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """An image -> the model's input (3, H, W) float32: :meth:`prepare` without the
+        resized size (equal to (H, W) unless the image was padded to ``min_side``)."""
+        return self.prepare(image)[0]
 
     def run_resized(
-        self, image: np.ndarray, original_size: Tuple[int, int]
+        self,
+        image: np.ndarray,
+        original_size: Tuple[int, int],
+        resized_size: Optional[Tuple[int, int]] = None,
     ) -> Dict[str, np.ndarray]:
-        """Detections of a (3, h, w) model input (see :meth:`preprocess`), in the pixels
-        of an original image of (height, width) ``original_size``."""
-        h, w = image.shape[1:]
+        """
+        Detections of a (3, H, W) model input (see :meth:`prepare`), in the pixels of an
+        original image of (height, width) ``original_size``. ``resized_size``: the (h, w)
+        of the resized image at the top left of an input padded bottom/right (default: the
+        whole input); boxes are scaled from it and clipped to the original image.
+
+        For a padded input, the network-only model's boxes are clipped to (h, w) before
+        NMS, as eager inference clips them; the full model clips them to (H, W) (its
+        graph takes the input's size), so a box reaching into the padding may suppress
+        another in NMS before it is clipped to the image.
+        """
+        size = tuple(image.shape[1:])
+        h, w = size if resized_size is None else tuple(resized_size)
         oh, ow = original_size
         if not self.meta["network_only"]:
-            boxes, scores, classes, count = self._run([image, np.array([oh, ow], dtype=np.int64)])
+            # A padded input: boxes in the input's pixels (scale 1), scaled from (h, w) here.
+            asked = (oh, ow) if (h, w) == size else size
+            boxes, scores, classes, count = self._run([image, np.array(asked, dtype=np.int64)])
             n = int(count)
-            return {"boxes": boxes[:n], "scores": scores[:n], "classes": classes[:n]}
-        outputs = self._run([image])
-        levels = [tuple(outputs[i : i + 3]) for i in range(0, len(outputs), 3)]
-        boxes, scores, classes = postprocess(levels, (h, w), self.postprocessing)
+            boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
+            if (h, w) == size:
+                return {"boxes": boxes, "scores": scores, "classes": classes}
+        else:
+            outputs = self._run([image])
+            levels = [tuple(outputs[i : i + 3]) for i in range(0, len(outputs), 3)]
+            boxes, scores, classes = postprocess(levels, (h, w), self.postprocessing)
         boxes, keep = to_original_size(boxes, (h, w), (oh, ow))
         return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]}
 
     def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
-        """BGR uint8 (H, W, 3) -> {"boxes": (K, 4) float32 x0 y0 x1 y1, "scores": (K,),
-        "classes": (K,) int64}, in original-image pixels, by decreasing score."""
-        return self.run_resized(self.preprocess(image), image.shape[:2])
+        """An image (BGR uint8 (H, W, 3), or grayscale, BGRA, 16-bit: see :meth:`prepare`)
+        -> {"boxes": (K, 4) float32 x0 y0 x1 y1, "scores": (K,), "classes": (K,) int64}, in
+        original-image pixels, by decreasing score."""
+        model_input, resized_size = self.prepare(image)
+        return self.run_resized(model_input, image.shape[:2], resized_size)

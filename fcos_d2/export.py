@@ -190,6 +190,8 @@ def deploy_metadata(cfg: CfgNode, model: FCOS, network_only: bool) -> Dict[str, 
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
         "num_classes": int(model.num_classes),
         "size_divisibility": int(model.backbone.size_divisibility),
+        # The value ExportedPredictor pads small inputs with (normalised to 0, as D2 pads).
+        "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "postprocessing": model.postprocessing.to_dict(),
     }
 

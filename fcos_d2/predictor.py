@@ -18,33 +18,10 @@ from .evaluation.class_thresholds import (
     apply_score_thresholds,
     load_class_thresholds,
 )
+from .images import to_bgr_uint8
 from .registry import upgrade_legacy_names
 
 __all__ = ["BatchPredictor", "Predictor", "to_bgr_uint8"]
-
-
-def to_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """
-    Turn what OpenCV may read (``cv2.IMREAD_UNCHANGED``) into an (H, W, 3) uint8 BGR image:
-    grayscale (H, W) or (H, W, 1) is replicated, the alpha channel of BGRA is dropped,
-    16-bit images are scaled to 8 bits. Raises InputError (naming ``name``) otherwise.
-    """
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"{name}: expected a numpy array, got {type(image).__name__}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
-        raise InputError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 image, got {image.shape}")
-    if image.dtype == np.uint16:
-        image = (image.astype(np.uint32) * 255 + 32767) // 65535
-    elif image.dtype != np.uint8:
-        raise InputError(f"{name}: expected uint8 or uint16 pixels, got {image.dtype}")
-    image = image.astype(np.uint8, copy=False)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return np.ascontiguousarray(image)
 
 
 class Predictor(DefaultPredictor):

@@ -256,8 +256,14 @@ bgr = np.load({str(tmp_path / "bgr.npy")!r})
 
 
 for runtime in ("onnxruntime", "openvino"):
-    out = ExportedPredictor({path!r}, runtime)(bgr)
+    predictor = ExportedPredictor({path!r}, runtime)
+    out = predictor(bgr)
     np.savez({str(tmp_path)!r} + "/" + runtime + ".npz", **out)
+    # Grayscale, 16-bit, and a 17x999 image padded to the model's minimum: no torch needed.
+    gray = predictor(bgr[:, :, 1])["scores"].tolist()
+    assert gray == predictor(bgr[:, :, 1:2])["scores"].tolist() and gray != out["scores"].tolist()
+    assert predictor(bgr.astype(np.uint16) * 257)["scores"].tolist() == out["scores"].tolist()
+    assert (predictor(bgr[:17, :999])["boxes"][:, 3] <= 17).all()
 
 
 assert not any(m.startswith(("torch", "detectron2")) for m in sys.modules if sys.modules[m])
@@ -350,12 +356,119 @@ def test_exported_torchvision_twin_matches_eager(tmp_path):
     assert min(counts) > 0
 
 
-def test_runtime_class_refuses_images_below_the_exported_minimum(exported):
-    predictor = ExportedPredictor(exported[("detecting", "onnx", False)], "onnxruntime")
-    with pytest.raises(ValueError, match="resizes to 51x512, but the exported model needs sides"):
-        predictor(np.zeros((100, 1000, 3), np.uint8))
-    with pytest.raises(ValueError, match="BGR uint8"):
-        predictor(np.zeros((100, 100), np.uint8))
+# --------------------------------------------- ExportedPredictor's inputs (Predictor's)
+def _order_free(out):
+    """(boxes, scores, classes) sorted by (class, decreasing score)."""
+    boxes, scores, classes = (np.asarray(out[k]) for k in ("boxes", "scores", "classes"))
+    order = np.lexsort((-scores, classes))
+    return boxes[order], scores[order], classes[order]
+
+
+def _predictor_detections(predictor, image):
+    inst = predictor(image)["instances"]
+    return {
+        "boxes": inst.pred_boxes.tensor.numpy(),
+        "scores": inst.scores.numpy(),
+        "classes": inst.pred_classes.numpy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def runtime_and_predictor(exported):
+    """ExportedPredictor (full ONNX, ONNX Runtime) and fcos_d2's Predictor of one model."""
+    from fcos_d2.predictor import Predictor
+
+    cfg = quickstart_cfg()
+    cfg.MODEL.WEIGHTS = exported[("detecting", "weights")]
+    runtime = ExportedPredictor(exported[("detecting", "onnx", False)], "onnxruntime")
+    return runtime, Predictor(cfg)
+
+
+def test_runtime_class_converts_images_as_predictor(runtime_and_predictor):
+    # Grayscale, BGRA and 16-bit images, which Predictor accepts: the same detections.
+    runtime, predictor = runtime_and_predictor
+    rng = np.random.default_rng(5)
+    bgr = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    gray = bgr[:, :, 1]
+    noise = rng.integers(0, 128, bgr.shape).astype(np.uint16)  # rounds away
+    variants = {
+        "gray HxW": gray,
+        "BGRA": np.dstack([bgr, rng.integers(0, 256, (200, 300), dtype=np.uint8)]),
+        "BGR 16-bit": bgr.astype(np.uint16) * 257 + noise,
+    }
+    got = {}
+    for label, image in variants.items():
+        want = _order_free(_predictor_detections(predictor, image))
+        got[label] = _order_free(runtime(image))
+        assert len(want[1]) > 0, label
+        try:
+            assert_same(got[label], want)
+        except AssertionError as e:
+            raise AssertionError(f"{label}: {e}") from e
+        assert (got[label][0][:, 2] <= 300).all() and (got[label][0][:, 3] <= 200).all()
+    # The other grayscale forms: the same as HxW (one conversion, shared with Predictor).
+    for image in (gray[:, :, None], gray.astype(np.uint16) * 257):
+        assert_same(_order_free(runtime(image)), got["gray HxW"])
+    assert not np.array_equal(got["gray HxW"][1], got["BGRA"][1])  # gray is not BGR
+
+
+def test_runtime_class_input_sizes_and_views(runtime_and_predictor):
+    runtime, predictor = runtime_and_predictor
+    rng = np.random.default_rng(6)
+    big = rng.integers(0, 256, (600, 900, 3), dtype=np.uint8)
+    view = big[::2, ::-3]  # strided, negative step: 300x300
+    assert_same(_order_free(runtime(view)), _order_free(runtime(view.copy())))
+    for shape in [(1, 1, 3), (8, 8, 3), (4000, 6000, 3)]:
+        image = np.full(shape, 127, np.uint8)
+        out = runtime(image)
+        assert out["boxes"].shape[1:] == (4,) and len(out["scores"]) == len(out["classes"])
+        assert (out["boxes"][:, 2] <= shape[1]).all() and (out["boxes"][:, 3] <= shape[0]).all()
+
+
+@pytest.mark.parametrize(
+    "image,named",
+    [
+        (None, "got NoneType"),
+        ([[0, 1], [2, 3]], "got list"),
+        (np.zeros((0, 0, 3), np.uint8), r"empty image of shape \(0, 0, 3\)"),
+        (np.zeros((0, 0), np.uint8), r"empty image of shape \(0, 0\)"),
+        (np.zeros((0, 50, 3), np.uint8), r"empty image of shape \(0, 50, 3\)"),
+        (np.zeros((20, 20, 2), np.uint8), r"got \(20, 20, 2\)"),
+        (np.zeros((20, 20, 3), np.float32), "uint8 or uint16 pixels, got float32"),
+        (np.zeros((20, 20, 3), np.int32), "got int32"),
+    ],
+)
+def test_runtime_class_refusals_name_the_input(runtime_and_predictor, image, named):
+    runtime, _ = runtime_and_predictor
+    with pytest.raises(InputError, match=named):
+        runtime(image)
+
+
+@pytest.mark.parametrize("network_only", [False, True])
+def test_runtime_class_pads_images_below_the_exported_minimum(exported, network_only):
+    # 17x999 resizes to 9x512 and 40x900 to 23x512, below the model's 129 px: the input is
+    # padded bottom/right with the pixel mean (0 once normalised, as Detectron2 pads) and
+    # gives what the eager model gives on that padded input, scaled back to the image.
+    path = exported[("detecting", "onnx", network_only)]
+    runtime = ExportedPredictor(path, "onnxruntime")
+    mean = np.asarray(runtime.meta["pixel_mean"], np.float32)
+    rng = np.random.default_rng(8)
+    for shape, resized in [((17, 999, 3), (9, 512)), ((40, 900, 3), (23, 512))]:
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        model_input, size = runtime.prepare(image)
+        assert size == resized and model_input.shape == (3, 129, 512)
+        assert (model_input[:, resized[0] :, :] == mean[:, None, None]).all()
+        b, s, c = eager(exported["detecting"], torch.from_numpy(model_input), (129, 512))
+        (h, w), (oh, ow) = resized, shape[:2]
+        b = np.clip(b * np.float32([ow / w, oh / h, ow / w, oh / h]), 0, None)
+        b = np.minimum(b, np.float32([ow, oh, ow, oh]))
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        want = _order_free({"boxes": b[keep], "scores": s[keep], "classes": c[keep]})
+        got = _order_free(runtime(image))
+        assert len(got[1]) > 0, shape
+        assert_same(got, want)
+        assert (got[0] >= 0).all() and (got[0][:, [0, 2]] <= ow).all()
+        assert (got[0][:, [1, 3]] <= oh).all()
 
 
 def test_export_tool_check_compares_with_eager(exported, tmp_path):
