@@ -2,19 +2,47 @@
 
 import contextlib
 import os
+import shutil
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import InputError
 
-__all__ = ["FCOSCheckpointer", "IncompatibleCheckpointError"]
+__all__ = ["CheckpointWriteError", "FCOSCheckpointer", "IncompatibleCheckpointError"]
 
 
 class IncompatibleCheckpointError(InputError):
     """A checkpoint does not fit the model (missing keys or other shapes)."""
+
+
+class CheckpointWriteError(InputError):
+    """A checkpoint (or ``last_checkpoint``) could not be written: disk full, no permission,
+    ... The message names the file and the free space of its folder; ``errno`` is the
+    OSError's (None on the ranks that only learnt of rank 0's failure). The previous
+    checkpoint and ``last_checkpoint`` are as they were, and no partial file is left."""
+
+    def __init__(self, message: str, errno: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _free_space(folder: str) -> str:
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError as e:
+        return f"free space of {folder} unknown ({e.strerror or e})"
+    return f"{_size(usage.free)} free of {_size(usage.total)} in {folder}"
 
 
 class FCOSCheckpointer(DetectionCheckpointer):
@@ -24,6 +52,8 @@ class FCOSCheckpointer(DetectionCheckpointer):
     - ``save`` writes to a temporary file in the same folder and renames it into place,
       and so does the ``last_checkpoint`` tag: a job killed at any moment leaves the
       previous checkpoint and tag intact (a rename within a folder is atomic on POSIX).
+      A write that fails (OSError: disk full, permission) removes its temporary file and
+      raises :class:`CheckpointWriteError` naming the file and the folder's free space.
     - with ``strict=True``, ``load`` raises :class:`IncompatibleCheckpointError` naming
       the parameters the checkpoint lacks, has in excess or has with another shape (e.g.
       another number of classes or depth), instead of logging a warning and keeping
@@ -39,16 +69,25 @@ class FCOSCheckpointer(DetectionCheckpointer):
 
     def _atomic_write(self, path: str, write) -> None:
         folder = os.path.dirname(path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=folder)
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        except BaseException as e:
+            if tmp is not None and os.path.exists(tmp):
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            if isinstance(e, OSError):
+                reason = e.strerror or str(e)
+                raise CheckpointWriteError(
+                    f"could not write {path}: {reason} ({_free_space(folder)}); the previous "
+                    "checkpoint and last_checkpoint are unchanged",
+                    errno=e.errno,
+                ) from e
             raise
 
     def save(self, name: str, *, tag_last: bool = True, **kwargs: Any) -> None:
