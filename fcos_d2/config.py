@@ -1,7 +1,8 @@
 """
 FCOS config keys. Every FCOS key lives under ``cfg.MODEL.FCOS`` and is documented here,
 as are the engine keys that Detectron2's yacs config lacks (``SOLVER.LOG_PERIOD``,
-``SOLVER.AMP.CPU_PRECISION``, ``TEST.BEST_CHECKPOINT_*``, ``MODEL.EMA.*``).
+``SOLVER.AMP.CPU_PRECISION``, ``TEST.BEST_CHECKPOINT_*``, ``MODEL.EMA.*``,
+``SOLVER.PREEMPT_SIGNALS``).
 """
 
 import difflib
@@ -237,6 +238,17 @@ def add_fcos_config(cfg: CN) -> None:
         cfg.MODEL.EMA = CN()
         cfg.MODEL.EMA.ENABLED = False
         cfg.MODEL.EMA.DECAY = 0.999
+
+    # ------------------------------------------------------------ preemption
+    # Signals that end training cleanly (fcos_d2/engine/preemption.py; docs/distributed.md):
+    # every worker finishes its iteration, the workers agree to stop after the same one
+    # (though only one may have been signalled), rank 0 writes model_<iter>.pth and
+    # last_checkpoint, and every process exits with status 75 (EX_TEMPFAIL); --resume
+    # continues at the next iteration. SIGTERM is what SLURM, Kubernetes and torchrun send
+    # on preemption; SIGUSR1 is for an early warning, e.g. `#SBATCH --signal=USR1@120`.
+    # () keeps the default actions (the process dies without a checkpoint).
+    if "PREEMPT_SIGNALS" not in cfg.SOLVER:
+        cfg.SOLVER.PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
 def _defaults() -> CN:

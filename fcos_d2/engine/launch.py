@@ -12,15 +12,20 @@ CPU workers leave with ``os._exit`` once their work is done and flushed: torch 2
 Gloo thread can abort the interpreter's normal shutdown (SIGABRT, ~1 run in 10), which
 would turn a finished run into a failed one. A worker that torchrun or srun started on the
 CPU therefore ends inside ``launch``: code after it does not run.
+
+Preemption (:mod:`fcos_d2.engine.preemption`): while ``launch`` waits for the workers it
+spawned, it passes SIGTERM, SIGUSR1 and SIGUSR2 on to them rather than dying first, and
+when they leave with the preemption status it leaves with it too (SystemExit).
 """
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import traceback
 from datetime import timedelta
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -31,6 +36,7 @@ from detectron2.utils import comm
 from .. import compat
 from ..errors import InputError
 from .dist_env import ProcessGroupEnv, check_launch_args, detect_process_group_env
+from .preemption import EXIT_PREEMPTED, forward_signals_to_children
 
 __all__ = ["launch"]
 
@@ -69,28 +75,64 @@ def launch(
         _join_and_run(pg, main_func, args, timeout)
         return
     world_size = num_machines * num_gpus_per_machine
-    if world_size <= 1 or torch.cuda.is_available():
-        d2_launch(
-            main_func,
-            num_gpus_per_machine,
-            num_machines=num_machines,
-            machine_rank=machine_rank,
-            dist_url=dist_url,
-            args=args,
-        )
+    if world_size <= 1:
+        main_func(*args)  # as Detectron2's launch; a Preempted leaves as its SystemExit
+        return
+    if torch.cuda.is_available():
+        with _spawned_workers():
+            d2_launch(
+                main_func,
+                num_gpus_per_machine,
+                num_machines=num_machines,
+                machine_rank=machine_rank,
+                dist_url=dist_url,
+                args=args,
+            )
         return
     if dist_url in (None, "auto"):
         if num_machines != 1:
             raise ValueError("--dist-url auto works for one machine only; give tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     logger.warning("No GPU: starting %d CPU worker(s) with the GLOO backend", num_gpus_per_machine)
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )
+    with _spawned_workers():
+        context = mp.start_processes(
+            _cpu_worker,
+            nprocs=num_gpus_per_machine,
+            args=(
+                main_func,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                args,
+                timeout,
+            ),
+            daemon=False,
+            start_method="spawn",
+            join=False,
+        )
+        # The workers leave together after a preemption checkpoint or a failed write; give
+        # the last ones time to finish before the others' exit makes torch terminate them.
+        while not context.join(grace_period=30):
+            pass
+
+
+@contextlib.contextmanager
+def _spawned_workers() -> Iterator[None]:
+    """Around spawning and joining the workers: forward the preemption signals to them, and
+    leave with the preemption status (SystemExit) when a worker left with it."""
+    with forward_signals_to_children():
+        try:
+            yield
+        except mp.ProcessExitedException as e:
+            if e.exit_code != EXIT_PREEMPTED:
+                raise
+            logger.warning(
+                "The workers stopped on a preemption signal after writing a checkpoint; "
+                "run again with --resume to continue (exit status %d)",
+                EXIT_PREEMPTED,
+            )
+            raise SystemExit(EXIT_PREEMPTED) from None
 
 
 def _run_and_exit(join: Callable[[], None], main_func: Callable[..., Any], args: Tuple) -> None:
@@ -100,6 +142,8 @@ def _run_and_exit(join: Callable[[], None], main_func: Callable[..., Any], args:
         join()
         main_func(*args)
         comm.synchronize()
+    except SystemExit as e:  # e.g. preemption.Preempted: its status, without a traceback
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # report and exit non-zero; see the module docstring
         traceback.print_exc()
         code = 1

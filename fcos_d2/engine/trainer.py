@@ -44,6 +44,7 @@ from .best_checkpoint import BestCheckpointer
 from .checkpoint import FCOSCheckpointer
 from .ema import ModelEMA
 from .evaluators import build_evaluator
+from .preemption import PreemptionHook, SyncedPeriodicCheckpointer
 
 __all__ = ["Trainer", "argument_parser", "check_num_classes", "create_ddp_model", "setup"]
 
@@ -338,7 +339,10 @@ class Trainer(DefaultTrainer):
         evaluation, writers every SOLVER.LOG_PERIOD iterations), plus the evaluation with
         TTA after training (TEST.AUG.ENABLED: after the last plain evaluation, before the
         writers, so that metrics.json gets the "_TTA" results) and the best checkpoint
-        (TEST.BEST_CHECKPOINT_METRIC, after the evaluations).
+        (TEST.BEST_CHECKPOINT_METRIC, after the evaluations). The periodic checkpoints are
+        written by rank 0 with every worker told the outcome (a failed write stops all), and
+        the last hook stops training on SOLVER.PREEMPT_SIGNALS with a checkpoint
+        (engine/preemption.py).
         """
         cfg = self.cfg
         ret: List[Optional[hooks.HookBase]] = [hooks.IterationTimer(), hooks.LRScheduler()]
@@ -354,8 +358,7 @@ class Trainer(DefaultTrainer):
                     cfg.TEST.PRECISE_BN.NUM_ITER,
                 )
             )
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(SyncedPeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, self.evaluate))
         if cfg.TEST.AUG.ENABLED:
             ret.append(hooks.EvalHook(0, lambda: self.evaluate(tta=True)))
@@ -370,7 +373,30 @@ class Trainer(DefaultTrainer):
                     )
                 )
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.SOLVER.LOG_PERIOD))
+        self._preemption = PreemptionHook(self.checkpointer, cfg.SOLVER.PREEMPT_SIGNALS)
+        ret.append(self._preemption)
         return ret
+
+    def after_train(self) -> None:
+        """The hooks' ``after_train``; after a preemption at the last iteration, without the
+        final evaluation (``--resume`` runs it)."""
+        preemption = getattr(self, "_preemption", None)
+        if preemption is None or preemption.stopped_at is None:
+            super().after_train()
+            return
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            if isinstance(h, hooks.EvalHook):
+                continue
+            if isinstance(h, hooks.PeriodicWriter) and (
+                (self.iter + 1) % h._period == 0 or self.iter >= self.max_iter - 1
+            ):
+                # It wrote this iteration in after_step; a second write of the same iteration
+                # divides by zero in Detectron2's CommonMetricPrinter (ETA estimate).
+                for writer in h._writers:
+                    writer.close()
+                continue
+            h.after_train()
 
     def run_step(self) -> None:
         try:
