@@ -239,6 +239,24 @@ def add_fcos_config(cfg: CN) -> None:
         cfg.MODEL.EMA.ENABLED = False
         cfg.MODEL.EMA.DECAY = 0.999
 
+    # ------------------------------------------------------- bad training images
+    # (fcos_d2/data/verify.py; Detectron2's DATALOADER node, keys added if missing.)
+    # Before training, decode every image of DATASETS.TRAIN in a thread pool (Pillow, a full
+    # decode: Image.verify() misses truncated JPEGs) and check its size against the
+    # dataset's; the bad files are listed at once (path, image id, reason) and training does
+    # not start, unless SKIP_BAD_IMAGES. Off by default (it reads the whole dataset once).
+    if "VERIFY_IMAGES" not in cfg.DATALOADER:
+        cfg.DATALOADER.VERIFY_IMAGES = False
+    # With VERIFY_IMAGES: drop the images that fail (their count and paths are logged)
+    # and train on the rest, instead of stopping.
+    if "SKIP_BAD_IMAGES" not in cfg.DATALOADER:
+        cfg.DATALOADER.SKIP_BAD_IMAGES = False
+    # During training, an image that fails to decode is logged with its path and replaced
+    # by another sample, up to this many distinct files per data-loader worker; one more
+    # stops training with the list of them. 0 stops at the first.
+    if "MAX_BAD_IMAGES" not in cfg.DATALOADER:
+        cfg.DATALOADER.MAX_BAD_IMAGES = 10
+
     # ------------------------------------------------------------ preemption
     # Signals that end training cleanly (fcos_d2/engine/preemption.py; docs/distributed.md):
     # every worker finishes its iteration, the workers agree to stop after the same one

@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
+    DatasetFromList,
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
@@ -35,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import complete_fcos_config, get_fcos_cfg
 from ..data.checks import CheckedDatasetMapper, check_files, sanitize_dataset_dicts
+from ..data.verify import SkipBadImages, check_train_images
 from ..data.voc import register_voc_dataset, voc_class_names
 from ..data.yolo import register_yolo_dataset
 from ..errors import InputError
@@ -417,15 +419,22 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        """Detectron2's train loader over checked dataset dicts (see data/checks.py)."""
+        """Detectron2's train loader over checked dataset dicts (see data/checks.py), their
+        images verified first with DATALOADER.VERIFY_IMAGES, and a mapper that skips images
+        that fail to decode (DATALOADER.MAX_BAD_IMAGES; see data/verify.py)."""
         names = list(cfg.DATASETS.TRAIN)
         dicts = get_detection_dataset_dicts(
             names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
         check_num_classes(cfg, names)
         dicts, _ = sanitize_dataset_dicts(dicts, cfg.MODEL.FCOS.NUM_CLASSES, ", ".join(names))
+        loader_cfg = cfg.DATALOADER  # bad image files: see data/verify.py
+        if loader_cfg.get("VERIFY_IMAGES", False):
+            dicts = check_train_images(dicts, loader_cfg.SKIP_BAD_IMAGES, ", ".join(names))
+        dataset = DatasetFromList(dicts, copy=False)
         mapper = CheckedDatasetMapper(cfg, is_train=True)
-        return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
+        mapper = SkipBadImages(mapper, dataset, loader_cfg.get("MAX_BAD_IMAGES", 10))
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
