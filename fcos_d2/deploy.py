@@ -25,6 +25,7 @@ from .images import to_bgr_uint8
 from .postprocess import PostProcessing, to_original_size
 
 __all__ = [
+    "PRECISIONS",
     "RUNTIMES",
     "ExportedPredictor",
     "compute_locations",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: Runtimes of :class:`ExportedPredictor`.
 RUNTIMES = ("onnxruntime", "openvino")
+#: Precisions of :class:`ExportedPredictor` ("int8": models of tools/export_model.py
+#: --quantize int8, see fcos_d2/quantize.py).
+PRECISIONS = ("f32", "bf16", "auto", "int8")
 
 
 #: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA`` values) under which its kernels, and OpenVINO's CPU
@@ -218,13 +222,17 @@ class ExportedPredictor:
 
     Args:
         model_path: ``model.onnx`` / ``model_network.onnx`` written by tools/export_model.py
-            (its ``.json`` beside it).
-        runtime: "onnxruntime" or "openvino".
+            (its ``.json`` beside it), or an INT8 model of ``--quantize int8``:
+            ``model_int8.xml`` (OpenVINO IR) or ``model_network_int8.onnx`` (QDQ ONNX).
+        runtime: "onnxruntime" or "openvino"; default: "openvino" for an ``.xml`` IR, else
+            "onnxruntime".
         precision: OpenVINO's inference precision, "f32", "bf16" or "auto" (bf16 where
             the device executes it natively, as OpenVINO reports in its
             OPTIMIZATION_CAPABILITIES, else f32); ONNX Runtime runs fp32. Where OpenVINO
             runs another precision than asked (bf16 on a CPU without native bf16 falls back
-            to f32), a warning says so; :attr:`precision` is the one it runs.
+            to f32), a warning says so; :attr:`precision` is the one it runs. "int8" (or
+            "auto") for an INT8 model: its quantized layers run in int8, the rest (and the
+            post-processing) in fp32; "int8" with a floating-point model is refused.
         device: OpenVINO device ("CPU", "GPU"); ONNX Runtime uses CUDA when its GPU package
             and a GPU are present, else the CPU.
         num_threads: threads of the runtime (None: its default).
@@ -233,17 +241,21 @@ class ExportedPredictor:
     def __init__(
         self,
         model_path: str,
-        runtime: str = "onnxruntime",
+        runtime: Optional[str] = None,
         precision: str = "f32",
         device: str = "CPU",
         num_threads: Optional[int] = None,
     ):
+        if runtime is None:
+            runtime = "openvino" if model_path.endswith(".xml") else "onnxruntime"
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if precision not in ("f32", "bf16", "auto"):
-            raise ValueError(f"precision must be 'f32', 'bf16' or 'auto', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if runtime == "onnxruntime" and precision == "bf16":
             raise ValueError("ONNX Runtime runs fp32 here; use runtime='openvino' for bf16")
+        if runtime == "onnxruntime" and model_path.endswith(".xml"):
+            raise ValueError(f"{model_path} is an OpenVINO IR: use runtime='openvino'")
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"exported model not found: {model_path}")
         self.meta = load_metadata(model_path)
@@ -252,7 +264,17 @@ class ExportedPredictor:
             self.meta.get("postprocessing", self.meta)  # format 1 kept them at the top level
         )
         self.runtime = runtime
-        #: The precision the runtime runs in ("f32" or "bf16").
+        int8 = self.meta.get("quantization", {}).get("precision") == "int8"
+        if precision == "int8" and not int8:
+            raise ValueError(
+                f"precision='int8' needs an INT8 model (tools/export_model.py --quantize "
+                f"int8: model_int8.xml or model_network_int8.onnx); {model_path} is fp32"
+            )
+        if int8 and precision not in ("int8", "auto", "f32"):
+            raise ValueError(f"{model_path} is an INT8 model; precision must be 'int8'")
+        if int8:
+            precision = "f32"  # OpenVINO's hint for the layers left in floating point
+        #: The precision the runtime runs in ("f32", "bf16", or "int8" for INT8 models).
         self.precision = "f32"
         if runtime == "onnxruntime":
             import onnxruntime as ort
@@ -266,6 +288,7 @@ class ExportedPredictor:
                 if p in ort.get_available_providers()
             ]
             self._session = ort.InferenceSession(model_path, options, providers=providers)
+            self.precision = "int8" if int8 else "f32"
         else:
             import openvino as ov
 
@@ -278,8 +301,8 @@ class ExportedPredictor:
             if num_threads:
                 config["INFERENCE_NUM_THREADS"] = num_threads
             self._compiled = core.compile_model(core.read_model(model_path), device, config)
-            self.precision = _openvino_precision(self._compiled)
-            if self.precision != precision:
+            self.precision = "int8" if int8 else _openvino_precision(self._compiled)
+            if not int8 and self.precision != precision:
                 warnings.warn(
                     f"OpenVINO runs {model_path} in {self.precision}, not {precision}: this "
                     f"{device} has no native {precision} (OPTIMIZATION_CAPABILITIES "
@@ -360,7 +383,9 @@ class ExportedPredictor:
             if (h, w) == size:
                 return {"boxes": boxes, "scores": scores, "classes": classes}
         else:
-            outputs = self._run([image])
+            # (C, H_i, W_i) per output; an OpenVINO model quantized by NNCF may return one
+            # with a leading 1 (seen on distances of a 32-channel model).
+            outputs = [o.reshape(o.shape[-3:]) for o in self._run([image])]
             levels = [tuple(outputs[i : i + 3]) for i in range(0, len(outputs), 3)]
             boxes, scores, classes = postprocess(levels, (h, w), self.postprocessing)
         boxes, keep = to_original_size(boxes, (h, w), (oh, ow))

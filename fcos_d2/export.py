@@ -382,3 +382,63 @@ def compare_with_eager(
         )
         report[name] = row
     return report
+
+
+# ---------------------------------------------------------------- INT8 models
+
+
+def compare_counts(
+    int8: Any, fp32: Any, inputs: Sequence[Tuple[Tensor, Tuple[int, int]]], tolerance: float = 0.05
+) -> Dict[str, Any]:
+    """
+    Detection counts of an INT8 model against its fp32 model (two
+    :class:`~fcos_d2.deploy.ExportedPredictor`) on ``inputs`` (as :func:`compare_with_eager`
+    takes them): per image, the counts of both and whether they are within ``tolerance``
+    (a fraction of fp32's count, at least one detection: an image with 10 detections may
+    differ by 1). ``agree`` when every image is.
+    """
+    rows = []
+    for image, original in inputs:
+        x = image.numpy()
+        n8 = len(int8.run_resized(x, original)["scores"])
+        n32 = len(fp32.run_resized(x, original)["scores"])
+        rows.append((n8, n32, abs(n8 - n32) <= max(1.0, tolerance * n32)))
+    return {
+        "images": len(rows),
+        "counts_int8": [r[0] for r in rows],
+        "counts_fp32": [r[1] for r in rows],
+        "within": sum(r[2] for r in rows),
+        "largest_relative_difference": max(
+            (abs(a - b) / max(b, 1) for a, b, _ in rows), default=0.0
+        ),
+        "agree": all(r[2] for r in rows),
+    }
+
+
+def exported_ap(predictor: Any, cfg: CfgNode, dataset: str, dicts: Sequence[Dict]) -> float:
+    """COCO AP (points) of an :class:`~fcos_d2.deploy.ExportedPredictor` on the images of
+    ``dicts`` (dataset dicts of ``dataset``), by the evaluator fcos-d2 uses for it."""
+    import contextlib
+    import tempfile
+
+    import cv2
+    from detectron2.structures import Boxes, Instances
+
+    from .engine.evaluators import build_evaluator
+
+    with tempfile.TemporaryDirectory(prefix="fcos_d2_ap_") as tmp:
+        evaluator = build_evaluator(cfg, dataset, output_folder=tmp)
+        evaluator.reset()
+        for d in dicts:
+            image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
+            det = predictor(image)
+            inst = Instances(
+                image.shape[:2],
+                pred_boxes=Boxes(torch.as_tensor(det["boxes"])),
+                scores=torch.as_tensor(det["scores"]),
+                pred_classes=torch.as_tensor(det["classes"]),
+            )
+            evaluator.process([d], [{"instances": inst}])
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            results = evaluator.evaluate()
+    return float(results["bbox"]["AP"])

@@ -14,6 +14,20 @@ Writes ``model.onnx`` (whole detector), ``model_network.onnx`` (--network-only) 
 ``model.pt2``, and beside it ``model.json`` / ``model_network.json`` for the runtime
 (fcos_d2.deploy.ExportedPredictor). Inputs and outputs: see fcos_d2/export.py.
 
+INT8 (post-training quantization of the network; the post-processing stays fp32, see
+fcos_d2/quantize.py):
+
+    python tools/export_model.py --config-file configs/quickstart.yaml --format onnx \
+        --output exported/ --quantize int8 MODEL.WEIGHTS output/quickstart/model_final.pth
+    ... --quantize int8 --quantize-runtime onnxruntime     # QDQ ONNX for ONNX Runtime
+    ... --quantize int8 --max-ap-drop 1.0                  # NNCF with accuracy control
+
+writes ``model_network.onnx`` and ``model_int8.xml`` (OpenVINO, NNCF) or
+``model_network_int8.onnx`` (ONNX Runtime), calibrated on --calibration-images images
+(default 300) of --calibration-dataset (default DATASETS.TRAIN[0]) resized as at test time;
+--max-ap-drop D validates on DATASETS.TEST[0]. With --check N, the INT8 model's detection
+counts are compared with the fp32 model's on the --check images (within 5%, at least 1).
+
 --check N runs the exported model (ONNX: in ONNX Runtime and OpenVINO f32; .pt2: as its
 ExportedProgram) and eager fp32 inference on the same inputs: the first N images of
 DATASETS.TEST[0] resized as at test time, a blank image, a 4x4 mosaic of those images
@@ -58,29 +72,44 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="N",
         help="compare with eager inference on N test images and 3 made ones (see above)",
     )
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="also write an INT8 model of the network (post-training quantization)",
+    )
+    p.add_argument(
+        "--quantize-runtime",
+        default="openvino",
+        help="runtime of the INT8 model: openvino (NNCF, model_int8.xml) or onnxruntime "
+        "(static QDQ, model_network_int8.onnx)",
+    )
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N")
+    p.add_argument(
+        "--calibration-dataset", metavar="NAME", help="default: the config's DATASETS.TRAIN[0]"
+    )
+    p.add_argument(
+        "--max-ap-drop",
+        type=float,
+        metavar="D",
+        help="OpenVINO: NNCF's quantization with accuracy control, at most D AP below fp32 on "
+        "DATASETS.TEST[0]",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import fcos_d2
+    from fcos_d2.config import get_fcos_cfg
     from fcos_d2.engine import FCOSCheckpointer
     from fcos_d2.export import check_exportable, export_model
     from fcos_d2.registry import upgrade_legacy_names
 
     if not os.path.isfile(args.config_file):
         raise InputError(f"config file not found: {args.config_file}")
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError, ValueError) as e:
-        raise InputError(f"config: {e.args[0] if e.args else e}") from e
+    cfg = get_fcos_cfg(args.config_file, args.opts)
     upgrade_legacy_names(cfg)
     cfg.MODEL.DEVICE = "cpu"
     weights = cfg.MODEL.WEIGHTS
@@ -96,6 +125,7 @@ def main(argv=None) -> str:
         raise InputError(f"{args.config_file} cannot be exported: {e}") from e
     if min(args.sample_size) < 129:
         raise InputError("--sample-size: both sides must be at least 129")
+    check_quantize_args(args)
     model = build_model(cfg)
     FCOSCheckpointer(model, strict=True).load(weights)
     model.eval()
@@ -108,6 +138,8 @@ def main(argv=None) -> str:
         sample_size=args.sample_size,
     )
     print(f"wrote {path} and {os.path.splitext(path)[0]}.json")
+    if args.quantize:
+        return quantize(args, cfg, model, path if args.network_only else None)
     if args.check > 0:
         from fcos_d2.export import PARITY_BOX_TOL, PARITY_SCORE_TOL, compare_with_eager
 
@@ -126,6 +158,105 @@ def main(argv=None) -> str:
                 f"{PARITY_BOX_TOL} px / {PARITY_SCORE_TOL} in score, or in counts or classes"
             )
         print("the exported model agrees with eager inference")
+    return path
+
+
+def check_quantize_args(args: argparse.Namespace) -> None:
+    """Refuse --quantize for formats and runtimes that cannot run INT8 models here."""
+    from fcos_d2.quantize import QUANTIZE_RUNTIMES
+
+    if not args.quantize:
+        for flag in ("max_ap_drop", "calibration_dataset"):
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag.replace('_', '-')} needs --quantize int8")
+        return
+    if args.format != "onnx":
+        raise InputError(
+            f"--quantize int8 needs --format onnx: INT8 models run in OpenVINO or ONNX Runtime, "
+            f"not as {args.format} programs"
+        )
+    if args.quantize_runtime not in QUANTIZE_RUNTIMES:
+        raise InputError(
+            f"--quantize-runtime {args.quantize_runtime!r} cannot run INT8 models written "
+            f"here; choose from {', '.join(QUANTIZE_RUNTIMES)}"
+        )
+    if args.max_ap_drop is not None and args.quantize_runtime != "openvino":
+        raise InputError("--max-ap-drop uses NNCF's accuracy control: --quantize-runtime openvino")
+    if args.calibration_images < 1:
+        raise InputError("--calibration-images must be at least 1")
+
+
+def _spread(items: list, n: int) -> list:
+    """``n`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if n >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+def quantize(args: argparse.Namespace, cfg, model, network: str | None = None) -> str:
+    """Write the INT8 model of the network-only ONNX ``network`` (exported beside the
+    model first when None)."""
+    import cv2
+    from detectron2.data import DatasetCatalog
+
+    from fcos_d2.deploy import ExportedPredictor
+    from fcos_d2.export import compare_counts, export_model, exported_ap
+    from fcos_d2.quantize import calibration_inputs, quantize_onnxruntime, quantize_openvino
+
+    if network is None:
+        network = export_model(
+            model, cfg, args.output, "onnx", network_only=True, sample_size=args.sample_size
+        )
+    name = args.calibration_dataset or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None)
+    if name is None:
+        raise InputError("--quantize needs calibration images: DATASETS.TRAIN is empty")
+    try:
+        dicts = _spread(DatasetCatalog.get(name), args.calibration_images)
+    except KeyError as e:
+        raise InputError(f"--calibration-dataset: dataset {name!r} is not registered") from e
+    images = []
+    for d in dicts:
+        image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"calibration image cannot be read: {d['file_name']}")
+        images.append(image)
+    calibration = calibration_inputs(network, images)
+    print(f"calibrating on {len(calibration)} images of {name}")
+    if args.quantize_runtime == "onnxruntime":
+        path = quantize_onnxruntime(network, calibration, args.output)
+    elif args.max_ap_drop is None:
+        path = quantize_openvino(network, calibration, args.output)
+    else:
+        if not cfg.DATASETS.TEST:
+            raise InputError("--max-ap-drop validates on DATASETS.TEST[0], which is empty")
+        test = cfg.DATASETS.TEST[0]
+        validation = DatasetCatalog.get(test)
+
+        def ap(predictor, items):
+            return exported_ap(predictor, cfg, test, items)
+
+        path = quantize_openvino(
+            network,
+            calibration,
+            args.output,
+            validation=validation,
+            validation_fn=ap,
+            max_drop=args.max_ap_drop,
+        )
+    print(f"wrote {path} and {os.path.splitext(path)[0]}.json")
+    if args.check > 0:
+        report = compare_counts(
+            ExportedPredictor(path, args.quantize_runtime),
+            ExportedPredictor(network, args.quantize_runtime),
+            parity_inputs(cfg, args.check),
+        )
+        print(
+            f"INT8 against fp32 ({args.quantize_runtime}): {report['within']} of "
+            f"{report['images']} images within 5% (at least 1) in detection count; largest "
+            f"relative difference {report['largest_relative_difference']:.3f}"
+        )
+        if not report["agree"]:
+            raise ParityError("the INT8 model's detection counts differ from fp32's by > 5%")
     return path
 
 
