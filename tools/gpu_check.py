@@ -622,6 +622,12 @@ def onnx_parity_worker(spec_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
     import onnxruntime
+
+    # onnxruntime-gpu >= 1.21 can load the CUDA and cuDNN libraries of NVIDIA's pip packages.
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if cuda and hasattr(onnxruntime, "preload_dlls"):
+        with contextlib.suppress(Exception):
+            onnxruntime.preload_dlls()
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -682,7 +688,10 @@ def step_onnx(args: argparse.Namespace, plan: Plan, device: Any, weights: str) -
         return Row("onnx_cuda", FAIL, figure, limit, reason=_tail(log))
     with open(spec["result"]) as f:
         result = json.load(f)
-    return judge_onnx(result, device.type == "cuda", why)
+    row = judge_onnx(result, device.type == "cuda", why)
+    if row.status == SKIPPED and device.type == "cuda":
+        row.reason += f" (log: {os.path.join(out, 'onnx.log')})"
+    return row
 
 
 def run_checks(args: argparse.Namespace, plan: Plan, device: Any) -> List[Row]:
