@@ -169,6 +169,33 @@ class _Reader:
         raise NotImplementedError
 
 
+def _unshare_weights(model: Any) -> Any:
+    """``model`` (an ``onnx.ModelProto``) with a copy of each float initializer for every
+    node after the first that uses it: the head's convolutions and GroupNorm (exported as
+    InstanceNormalization) share their weights across levels, and ONNX Runtime's QDQ
+    quantizer refuses weights shared between nodes ("Quantization parameter shared mode is
+    not supported for weight yet"). Same outputs; shared weights are then stored once per
+    use."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: Dict[str, int] = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name not in inits or inits[name].data_type != onnx.TensorProto.FLOAT:
+                continue
+            uses = seen.get(name, 0)
+            seen[name] = uses + 1
+            if uses:
+                copy = numpy_helper.from_array(
+                    numpy_helper.to_array(inits[name]), f"{name}__{uses}"
+                )
+                model.graph.initializer.append(copy)
+                node.input[k] = copy.name
+    return model
+
+
 def quantize_onnxruntime(network_model: str, calibration: Sequence[np.ndarray], output: str) -> str:
     """
     ONNX Runtime static quantization of ``network_model`` (a network-only ONNX): QDQ
@@ -176,6 +203,7 @@ def quantize_onnxruntime(network_model: str, calibration: Sequence[np.ndarray], 
     ``calibration``. Writes ``output/model_network_int8.onnx`` (+ ``.json``) and returns
     its path.
     """
+    import onnx
     import onnxruntime
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -193,8 +221,10 @@ def quantize_onnxruntime(network_model: str, calibration: Sequence[np.ndarray], 
     reader = type("Reader", (_Reader, CalibrationDataReader), {})("image", calibration)
     with tempfile.TemporaryDirectory(prefix="fcos_d2_int8_") as tmp:
         prepared = os.path.join(tmp, "prepared.onnx")
+        unshared = os.path.join(tmp, "unshared.onnx")
+        onnx.save(_unshare_weights(onnx.load(network_model)), unshared)
         # Symbolic shape inference cannot follow the dynamic height/width; ONNX's own can.
-        quant_pre_process(network_model, prepared, skip_symbolic_shape=True)
+        quant_pre_process(unshared, prepared, skip_symbolic_shape=True)
         quantize_static(
             prepared,
             path,

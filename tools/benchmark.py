@@ -498,42 +498,55 @@ def coco_eval_section() -> Dict[str, object]:
     return out
 
 
-def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
-    """AP of the exported model (ONNX) in ONNX Runtime and OpenVINO f32 / bf16, run by
-    fcos_d2.deploy.ExportedPredictor on the dataset's images (resized as Detectron2 does)."""
-    import tempfile
-
+def _int8_models(cfg, model, folder: str, calibration_dataset: str, n: int, size=None) -> dict:
+    """{"openvino_int8": IR, "onnxruntime_int8": QDQ ONNX} of ``model``'s network-only ONNX,
+    calibrated on ``n`` images of ``calibration_dataset`` (fcos_d2/quantize.py)."""
     import cv2
     from detectron2.data import DatasetCatalog
 
-    from fcos_d2.deploy import ExportedPredictor
-    from fcos_d2.engine import Trainer
     from fcos_d2.export import export_model
+    from fcos_d2.quantize import calibration_inputs, quantize_onnxruntime, quantize_openvino
 
-    path = export_model(model, cfg, tempfile.mkdtemp(prefix="fcos_d2_bench_ap_"), "onnx")
+    kwargs = {"sample_size": size} if size else {}
+    network = export_model(model, cfg, folder, "onnx", network_only=True, **kwargs)
+    dicts = DatasetCatalog.get(calibration_dataset)
+    step = max(1, len(dicts) // n)
+    images = [cv2.imread(d["file_name"], cv2.IMREAD_COLOR) for d in dicts[::step][:n]]
+    calibration = calibration_inputs(network, images)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        return {
+            "openvino_int8": quantize_openvino(network, calibration, folder),
+            "onnxruntime_int8": quantize_onnxruntime(network, calibration, folder),
+        }
+
+
+def _exported_ap(cfg, model, dataset: str) -> Dict[str, float]:
+    """AP of the exported model (ONNX) in ONNX Runtime and OpenVINO f32 / bf16, and of its
+    INT8 models (calibrated on 300 training images), run by fcos_d2.deploy.ExportedPredictor
+    on the dataset's images (resized as Detectron2 does)."""
+    import tempfile
+
+    from detectron2.data import DatasetCatalog
+
+    from fcos_d2.deploy import ExportedPredictor
+    from fcos_d2.export import export_model, exported_ap
+
+    folder = tempfile.mkdtemp(prefix="fcos_d2_bench_ap_")
+    path = export_model(model, cfg, folder, "onnx")
+    int8 = _int8_models(cfg, model, folder, cfg.DATASETS.TRAIN[0], 300)
     dicts = DatasetCatalog.get(dataset)
     out = {}
-    for name, runtime, precision in [
-        ("onnxruntime_fp32", "onnxruntime", "f32"),
-        ("openvino_fp32", "openvino", "f32"),
-        ("openvino_bf16", "openvino", REDUCED["export"]),
+    for name, model_path, runtime, precision in [
+        ("onnxruntime_fp32", path, "onnxruntime", "f32"),
+        ("openvino_fp32", path, "openvino", "f32"),
+        ("openvino_bf16", path, "openvino", REDUCED["export"]),
+        ("openvino_int8", int8["openvino_int8"], "openvino", "int8"),
+        ("onnxruntime_int8", int8["onnxruntime_int8"], "onnxruntime", "int8"),
     ]:
-        predictor = ExportedPredictor(path, runtime, precision, num_threads=torch.get_num_threads())
+        threads = torch.get_num_threads()
+        predictor = ExportedPredictor(model_path, runtime, precision, num_threads=threads)
         RAN[f"ap_exported_{name}"] = predictor.precision
-        evaluator = Trainer.build_evaluator(cfg, dataset, output_folder=tempfile.mkdtemp())
-        evaluator.reset()
-        for d in dicts:
-            image = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
-            det = predictor(image)
-            inst = Instances(
-                image.shape[:2],
-                pred_boxes=Boxes(torch.as_tensor(det["boxes"])),
-                scores=torch.as_tensor(det["scores"]),
-                pred_classes=torch.as_tensor(det["classes"]),
-            )
-            evaluator.process([d], [{"instances": inst}])
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            out[name] = evaluator.evaluate()["bbox"]["AP"]
+        out[name] = exported_ap(predictor, cfg, dataset, dicts)
     return out
 
 
@@ -571,6 +584,8 @@ def precision_ap_section(config_file: str, weights: str) -> Dict[str, float]:
             cfg.MODEL.DEVICE = "cpu"
             out.update({f"exported_{k}": v for k, v in _exported_ap(cfg, model, name).items()})
     out["bf16_minus_fp32"] = out["bf16"] - out["fp32"]
+    for name in ("openvino_bf16", "openvino_int8", "onnxruntime_int8"):
+        out[f"exported_{name}_minus_eager_fp32"] = out[f"exported_{name}"] - out["fp32"]
     out["exported_openvino_bf16_minus_fp32"] = (
         out["exported_openvino_bf16"] - out["exported_openvino_fp32"]
     )
@@ -607,6 +622,13 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
         ),
     }
     RAN["inference_export_openvino_bf16"] = runners["openvino_bf16"].precision
+    # INT8 (network-only model + numpy post-processing), calibrated on 16 built-in images
+    # resized by the config's test resize: enough for speed (accuracy: section 6).
+    t0 = time.perf_counter()
+    int8 = _int8_models(cfg, ours, folder, "fcos_synth_val", 16, size=(h, w))
+    int8_s = time.perf_counter() - t0
+    for name, model_path in int8.items():
+        runners[name] = ExportedPredictor(model_path, precision="int8", num_threads=threads)
     x = img.numpy()
 
     def as_output(boxes, scores, classes) -> List[dict]:
@@ -636,10 +658,13 @@ def export_section(tv, ours, cfg, repeats, threads: int, size=(800, 1333)) -> Di
             for name in ("onnxruntime_fp32", "openvino_fp32", "torch_export_fp32")
         }
     row["export_s"] = export_s
+    row["quantize_int8_s"] = int8_s
     print(
         f"  {h}x{w}: "
         + ", ".join(
-            f"{k} {v:.3f} img/s" for k, v in row.items() if isinstance(v, float) and k != "export_s"
+            f"{k} {v:.3f} img/s"
+            for k, v in row.items()
+            if isinstance(v, float) and not k.endswith("_s")
         )
     )
     for name, agreement in row["agreement"].items():
@@ -1158,10 +1183,19 @@ def main(argv=None) -> dict:
         ex = export_section(tv, ours, ours_cfg, repeats, args.threads)
         results["inference_export"] = ex
         tv_speed = ex["torchvision_fp32"]
-        fp32 = {k: v for k, v in ex.items() if k.endswith("_fp32") and k != "torchvision_fp32"}
+        fp32 = {
+            k: v
+            for k, v in ex.items()
+            if isinstance(v, float) and k.endswith("_fp32") and k != "torchvision_fp32"
+        }
         best = max(fp32, key=fp32.get)
         ratios["inference_800x1333_export_fp32"] = fp32[best] / tv_speed
         ratios["inference_800x1333_export_bf16"] = ex["openvino_bf16"] / tv_speed
+        int8 = max(ex["openvino_int8"], ex["onnxruntime_int8"])
+        ratios["inference_800x1333_export_int8"] = int8 / tv_speed
+        # INT8 against the exported paths it replaces (same run, interleaved).
+        results["inference_export"]["int8_vs_export_bf16"] = int8 / ex["openvino_bf16"]
+        results["inference_export"]["int8_vs_export_fp32"] = int8 / fp32[best]
         results["inference_export"]["fastest_fp32"] = best
     # Section 3 measures the untrained twin (as section 1), not the one section 2 trains.
     share_model = copy.deepcopy(ours)
