@@ -135,3 +135,36 @@ def test_tool_refuses_what_cannot_be_quantized(tmp_path, flags, message):
              "MODEL.WEIGHTS", str(weights)]
         )  # fmt: skip
     assert not os.path.exists(tmp_path / "model_network.onnx")  # refused before exporting
+
+
+def test_accuracy_control_records_both_metrics(quantized, tiny_data, tmp_path):
+    """--max-ap-drop's path: NNCF's quantize_with_accuracy_control calls the metric with
+    predictors of its compiled candidates (post-processing included); fp32's and the
+    result's metric land in the .json."""
+    from fcos_d2.quantize import quantize_openvino
+
+    _, network = quantized
+    dicts = DatasetCatalog.get(tiny_data["val"])
+    images = [cv2.imread(d["file_name"]) for d in dicts]
+    calls = []
+
+    def metric(predictor, items):  # any "higher is better" figure of the detections
+        calls.append(type(predictor).__name__)
+        return float(np.mean([predictor(im)["scores"].sum() for im in items]))
+
+    path = quantize_openvino(
+        network,
+        calibration_inputs(network, images),
+        str(tmp_path),
+        validation=images,
+        validation_fn=metric,
+        max_drop=1e6,
+    )
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        control = json.load(f)["quantization"]["accuracy_control"]
+    fp32 = metric(ExportedPredictor(network, "openvino"), images)
+    int8 = metric(ExportedPredictor(path), images)
+    assert control["max_drop"] == 1e6
+    assert control["metric_fp32"] == pytest.approx(fp32, rel=1e-4)
+    assert control["metric_int8"] == pytest.approx(int8, rel=1e-4)
+    assert "_CompiledPredictor" in calls
