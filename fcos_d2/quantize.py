@@ -149,8 +149,9 @@ def _with_accuracy_control(model, meta, dataset, calibration, validation, valida
         subset_size=len(calibration),
     )
     core = ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}  # the CPU plugin's default may be bf16
     metrics = {
-        name: validate(core.compile_model(m, "CPU"), validation)
+        name: validate(core.compile_model(m, "CPU", f32), validation)
         for name, m in (("fp32", model), ("int8", quantized))
     }
     return quantized, {"max_drop": max_drop, **{f"metric_{k}": v for k, v in metrics.items()}}
