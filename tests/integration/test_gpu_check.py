@@ -36,6 +36,7 @@ def dry_run(tmp_path_factory):
     return {"proc": proc, "out": out, "summary": summary}
 
 
+@pytest.mark.slow  # about 60 s on 2 cores (training, two evaluations, an ONNX export)
 def test_dry_run_passes_every_check_with_real_figures(dry_run):
     proc, out, summary = dry_run["proc"], dry_run["out"], dry_run["summary"]
     assert proc.returncode == 0, proc.stdout[-4000:]

@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -56,9 +58,25 @@ def _trainer(tiny_data, out, signal_at=None, **kw):
     return trainer
 
 
+CHILD = "FCOS_D2_TEST_PREEMPTION_CHILD"
+
+
 def test_signal_stops_with_a_checkpoint_of_the_iteration_and_resume_continues(
     tiny_data, tmp_path, monkeypatch
 ):
+    # The test signals its own process. In a pytest process that has run the export tests
+    # before (OpenVINO, ONNX Runtime and their threads loaded), that process died during
+    # this test (seen in the full suite, cause not found): it runs in a fresh one.
+    if os.environ.get(CHILD) != "1":
+        name = "test_signal_stops_with_a_checkpoint_of_the_iteration_and_resume_continues"
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{__file__}::{name}"],
+            env={**os.environ, CHILD: "1"}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        assert "1 passed" in run.stdout
+        return
     evaluations = []  # the final evaluation, recorded instead of run
     monkeypatch.setattr(Trainer, "test", classmethod(lambda cls, *a, **k: evaluations.append(1)))
     before = signal.getsignal(signal.SIGUSR1)
