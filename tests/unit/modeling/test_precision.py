@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from fcos_d2.modeling.precision import (
     precision_dtype,
     resolve_precision,
 )
-from helpers import QUICKSTART, TINY_OPTS
+from helpers import QUICKSTART, ROOT, TINY_OPTS, load_cfg
 
 AVX2 = CPUCapability(
     isa="AVX2", avx512_bf16=False, amx_bf16=False, avx512_vnni=False, amx_int8=False
@@ -122,3 +123,21 @@ def test_quickstart_trains_and_infers_by_capability(cpu):
 
 def test_amp_off_trains_in_fp32_whatever_the_cpu(cpu):
     assert _model("SOLVER.AMP.ENABLED", "False").train_precision == ""
+
+
+def test_make_demo_chooses_the_recipe_by_capability(cpu, monkeypatch, capsys):
+    """tools/quickstart.py (make demo): configs/quickstart.yaml where bf16 is native,
+    configs/quickstart_fp32.yaml elsewhere, and one line saying why; the fp32 recipe trains
+    in fp32 on both."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import quickstart
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chosen = quickstart.choose_config()
+    expected = quickstart.CONFIG if cpu.native_bf16 else quickstart.CONFIG_FP32
+    assert chosen == expected
+    line = capsys.readouterr().out
+    assert cpu.describe() in line and line.strip().endswith(os.path.basename(expected))
+    cfg = load_cfg(quickstart.CONFIG_FP32)
+    cfg.merge_from_list(TINY_OPTS)
+    assert build_model(cfg).train_precision == ""
