@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Dict
 
 import torch
@@ -122,11 +123,16 @@ def main(argv=None) -> dict:
         "precision_ran": ctx.ran,
     }
     print(f"CPU: {cpu_model_name()}, {cap.describe()}; reduced-precision paths: {args.precision!r}")
+    seconds: Dict[str, float] = {}
     for s in args.sections:
         print(f"{s.number}. {s.title}")
+        start = time.perf_counter()
         out = s.run(ctx)
+        seconds[s.name] = time.perf_counter() - start
         if out is not None:
             results[s.key] = out
+    results["section_seconds"] = seconds
+    print("seconds per section:", ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
     results["ratios"] = ctx.ratios
     print("ratios (fcos-d2 / torchvision speed):", json.dumps(ctx.ratios, indent=1))
     if args.json:
