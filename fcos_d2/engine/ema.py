@@ -7,7 +7,9 @@ entry of the model's state dict,
     e <- decay * e + (1 - decay) * w      (parameters and floating-point buffers)
     e <- w                                 (integer buffers, e.g. BatchNorm's counters)
 
-starting from the weights training starts with. Every worker updates its own copy from
+starting from the weights training starts with. With a warm-up factor W >= 0 (d2go's
+``DECAY_WARM_UP_FACTOR``), update n (counted from 1) uses min(decay, (1 + n) / (W + n))
+instead of ``decay``. Every worker updates its own copy from
 its own (DDP-synchronised) parameters, so the averages agree across workers wherever the
 weights do. :meth:`ModelEMA.swapped` puts the averages into the model for a while (for
 evaluation and for writing checkpoints) and the training weights back afterwards.
@@ -39,13 +41,15 @@ class ModelEMA:
     Args:
         model: the trained model (or a DistributedDataParallel around it).
         decay: weight of the previous average, in [0, 1).
+        warm_up_factor: W of the decay's warm-up (see the module doc); negative: none.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warm_up_factor: float = -1):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"MODEL.EMA.DECAY must be in [0, 1), got {decay}")
         self.model = _unwrap(model)
         self.decay = float(decay)
+        self.warm_up_factor = float(warm_up_factor)
         self.num_updates = 0
         self.num_loads = 0  # how many checkpoints restored this EMA
         self.averages: Dict[str, Tensor] = {}
@@ -61,13 +65,21 @@ class ModelEMA:
         self.averages = {k: v.detach().clone() for k, v in self._state().items()}
         self.num_updates = 0
 
+    def current_decay(self) -> float:
+        """The decay of the next update (``decay``, or less during the warm-up)."""
+        if self.warm_up_factor < 0:
+            return self.decay
+        n = self.num_updates + 1
+        return min(self.decay, (1.0 + n) / (self.warm_up_factor + n))
+
     @torch.no_grad()
     def update(self) -> None:
         """One EMA step from the model's current weights (call after the optimizer step)."""
+        decay = self.current_decay()
         for name, value in self._state().items():
             average = self.averages[name]
             if average.is_floating_point():
-                average.mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+                average.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
             else:
                 average.copy_(value)
         self.num_updates += 1

@@ -289,7 +289,11 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.ema = ModelEMA(model, cfg.MODEL.EMA.DECAY) if cfg.MODEL.EMA.ENABLED else None
+        self.ema = (
+            ModelEMA(model, cfg.MODEL.EMA.DECAY, cfg.MODEL.EMA.DECAY_WARM_UP_FACTOR)
+            if cfg.MODEL.EMA.ENABLED
+            else None
+        )
         checkpointables = {"ema": self.ema} if self.ema is not None else {}
         self.checkpointer = FCOSCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), **checkpointables

@@ -30,6 +30,24 @@ def test_ema_update_is_the_hand_computed_average():
     assert ema.num_updates == 3
 
 
+def test_decay_warm_up_is_the_hand_computed_average():
+    # d2go's warm-up with W = 2: update n uses min(0.9, (1 + n) / (2 + n)) = 2/3, 3/4, 4/5.
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema = ModelEMA(net, decay=0.9, warm_up_factor=2)
+    for w in (3.0, -2.0, 5.0):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        ema.update()
+    # 4/5 * (3/4 * (2/3 * 1 + 1/3 * 3) + 1/4 * -2) + 1/5 * 5 = 1.6
+    assert ema.averages["weight"].item() == pytest.approx(1.6)
+    # Past the warm-up, the decay itself: (1 + n) / (2 + n) > 0.9 from n = 9 on.
+    ema.num_updates = 8
+    assert ema.current_decay() == 0.9
+    assert ModelEMA(net, decay=0.9).current_decay() == 0.9  # no warm-up by default
+
+
 def test_swapped_exchanges_and_restores_even_on_error():
     net = nn.Linear(2, 1)
     ema = ModelEMA(net, decay=0.5)
