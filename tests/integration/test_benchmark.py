@@ -58,9 +58,9 @@ def test_scale_runs_the_sections_at_scale_and_bad_names_are_refused(capsys):
     assert "unknown benchmark section(s) nonsense" in capsys.readouterr().err
 
 
-#: The sections of the slow smoke test (the others: the default one). Exporting the R-50
-#: twin (torch.export, ONNX, two INT8 quantizations) and the AP section's exports took 3
-#: of the 4 minutes of a whole smoke run on 2 cores.
+#: The sections of one smoke test (the others: the other one; both behind 'slow'). Exporting
+#: the R-50 twin (torch.export, ONNX, two INT8 quantizations) and the AP section's exports
+#: took 3 of the 4 minutes of a whole smoke run on 2 cores.
 EXPORTING = ("export", "ap")
 
 
@@ -95,6 +95,7 @@ def _ran_every(stdout: str, results: dict, names) -> None:
     assert set(results["section_seconds"]) == set(names)
 
 
+@pytest.mark.slow  # about 50 s on 2 cores (R-50 twins built, trained and timed)
 def test_smoke_run_measures_every_section_but_the_exporting_ones(tmp_path):
     stdout, results = run_smoke(tmp_path, "--skip", *EXPORTING)
     _ran_every(stdout, results, [n for n, _ in EXPECTED_ORDER if n not in EXPORTING])

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import (
     QUICKSTART,
     ROOT,
@@ -94,6 +96,7 @@ def test_training_ends_with_an_evaluation_with_tta(tmp_path):
     assert {"bbox/AP", "bbox_TTA/AP"} <= set().union(*last)
 
 
+@pytest.mark.slow  # about 15 s on 2 cores: the tool, then train_net.py
 def test_tta_benchmark_tool_runs_every_setting(tmp_path):
     weights = untrained_weights(tmp_path / "untrained.pth")
     out = tmp_path / "tta.json"
