@@ -8,7 +8,7 @@ import time
 from typing import Dict
 
 from .coco_eval import coco_size_ground_truth
-from .common import ROOT, Context
+from .common import Context, cpu_config
 from .registry import section
 
 
@@ -20,11 +20,9 @@ def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
     existence of every image file, the loader itself; hooks), and, timed on their own after
     it, loading the dataset dicts, the checks, and the whole train loader.
     """
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
     from detectron2.data.datasets import register_coco_instances
 
-    import fcos_d2
     from fcos_d2.data.checks import sanitize_dataset_dicts
     from fcos_d2.engine import Trainer
 
@@ -45,24 +43,10 @@ def dataset_checks_section(num_images: int = 118_000) -> Dict[str, object]:
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         register_coco_instances(name, {}, json_file, images)
-        cfg = get_cfg()
-        fcos_d2.add_fcos_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
-        cfg.merge_from_list(
-            [
-                "MODEL.DEVICE",
-                "cpu",
-                "MODEL.WEIGHTS",
-                "",
-                "DATASETS.TRAIN",
-                f"('{name}',)",
-                "DATASETS.TEST",
-                "()",
-                "DATALOADER.NUM_WORKERS",
-                "0",
-                "OUTPUT_DIR",
-                os.path.join(tmp, "out"),
-            ]
+        cfg = cpu_config(
+            "FCOS_R50_1x.yaml",
+            *("DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"),
+            *("DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", os.path.join(tmp, "out")),
         )
         timed: Dict[str, float] = {}
         try:

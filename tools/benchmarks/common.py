@@ -199,18 +199,20 @@ def training_inputs(n_images=2, size=512, n_boxes=10, num_classes=91):
     return images, targets, inputs
 
 
+def cpu_config(config: str, *opts: str):
+    """The config of ``configs/<config>`` on the CPU without weights, then ``opts``."""
+    from fcos_d2.config import get_fcos_cfg
+
+    path = os.path.join(ROOT, "configs", config)
+    return get_fcos_cfg(path, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+
+
 def config_model(config: str, *opts: str):
     """An untrained (seeded) fcos-d2 model of ``configs/<config>`` on the CPU, in eval mode,
     and its config."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    import fcos_d2
-
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", config))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    cfg = cpu_config(config, *opts)
     torch.manual_seed(0)
     return build_model(cfg).eval(), cfg
 

@@ -12,7 +12,7 @@ from typing import Dict, List
 import torch
 
 from .coco_eval import coco_size_ground_truth
-from .common import ROOT, Context, timeit
+from .common import Context, cpu_config, timeit
 from .registry import section
 
 
@@ -42,12 +42,10 @@ def loader_section(
     DATALOADER.NUM_WORKERS 0 and 2, beside the training step of FCOS R-50 (fp32, random
     weights, SGD) on the batches it delivers. ``opts``: more config options.
     """
-    from detectron2.config import get_cfg
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.modeling import build_model
     from detectron2.structures import BoxMode
 
-    import fcos_d2
     from fcos_d2.engine import Trainer
 
     out: Dict[str, object] = {"batch": batch, "threads": torch.get_num_threads()}
@@ -84,21 +82,10 @@ def loader_section(
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, lambda: dicts)
         MetadataCatalog.get(name).set(thing_classes=[f"class{c}" for c in range(80)])
-        cfg = get_cfg()
-        fcos_d2.add_fcos_config(cfg)
-        cfg.merge_from_file(os.path.join(ROOT, "configs", "FCOS_R50_1x.yaml"))
-        cfg.merge_from_list(
-            [
-                "MODEL.DEVICE",
-                "cpu",
-                "MODEL.WEIGHTS",
-                "",
-                "SOLVER.IMS_PER_BATCH",
-                str(batch),
-                "DATASETS.TRAIN",
-                f"('{name}',)",
-                *opts,
-            ]
+        cfg = cpu_config(
+            "FCOS_R50_1x.yaml",
+            *("SOLVER.IMS_PER_BATCH", str(batch), "DATASETS.TRAIN", f"('{name}',)"),
+            *opts,
         )
         batches = 1 if repeats == 1 else 4 if repeats <= 3 else 12
         sample = None

@@ -6,7 +6,6 @@ from typing import Dict
 
 import torch
 
-from fcos_d2.modeling.inference import fcos_inference
 from fcos_d2.modeling.losses import fcos_losses
 from fcos_d2.modeling.meta_arch import cat_levels
 from fcos_d2.reference import fcos_d2_twin
@@ -108,16 +107,8 @@ def fcos_share_section(ours, repeats, train_size=512, infer_size=(800, 1333)) ->
         logits, box_reg, ctr = ours.head(feats)
 
         def fcos_infer_part():
-            locations = ours.locations(feats, images.tensor.shape[-2:])
-            fcos_inference(
-                cat_levels(logits),
-                cat_levels(box_reg),
-                cat_levels(ctr).squeeze(2),
-                torch.cat(locations),
-                [len(x) for x in locations],
-                images.image_sizes,
-                ours.postprocessing,
-            )
+            # Locations, decoding and NMS: the meta-architecture's own step after the head.
+            ours.forward_inference(images, feats, (logits, box_reg, ctr))
 
         t_infer_part = timeit(fcos_infer_part, repeats, warmup=1)
         t_infer = timeit(lambda: ours(inp), repeats, warmup=1)
