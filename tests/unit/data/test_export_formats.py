@@ -64,6 +64,23 @@ def test_voc_corners_are_1_based_inclusive_integers(dicts, tmp_path):
             assert f.read(3) == b"\xff\xd8\xff"
 
 
+def test_voc_reencoding_keeps_full_resolution_colour(tmp_path):
+    """Columns alternating pure red and pure blue: 4:2:0 JPEG (OpenCV's default) averages
+    each pair of columns' colour to purple, 4:4:4 keeps each column's own."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 0::2, 2] = 255  # red columns (BGR)
+    image[:, 1::2, 0] = 255  # blue columns
+    path = str(tmp_path / "stripes.png")
+    cv2.imwrite(path, image)
+    d = {"file_name": path, "image_id": 1, "height": 64, "width": 64, "annotations": []}
+    voc = write_voc_dataset([d], ["cat"], str(tmp_path / "voc"), "val")
+    decoded = cv2.imread(os.path.join(voc, "JPEGImages", "stripes.jpg")).astype(int)
+    assert np.abs(decoded - image).mean() < 8
+    subsampled = tmp_path / "420.jpg"
+    cv2.imwrite(str(subsampled), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert np.abs(cv2.imread(str(subsampled)).astype(int) - image).mean() > 40
+
+
 def test_yolo_lines_are_normalised_centre_and_size(dicts, tmp_path):
     out = write_yolo_dataset(dicts, ["cat", "dog"], str(tmp_path / "yolo"), decimals=4)
     # (10.4, 20.6, 50.5, 40.5) on 200 x 100: centre (30.45, 30.55), size 40.1 x 19.9.
