@@ -26,3 +26,11 @@ def tiny_data(tmp_path_factory):
         MetadataCatalog.get(name).thing_classes = list(SYNTH_CLASSES)
         names[split] = name
     return names
+
+
+@pytest.fixture(scope="module")
+def coco_val4(tmp_path_factory):
+    """Four small built-in images in COCO format."""
+    out = tmp_path_factory.mktemp("coco")
+    json_file = generate_synthetic_coco(str(out), "val", 4, seed=3, min_size=128, max_size=160)
+    return json_file, os.path.join(out, "val")

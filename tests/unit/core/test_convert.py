@@ -8,7 +8,7 @@ in the parameter Detectron2's naming says it belongs to.
 """
 
 import os
-import subprocess
+import runpy
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -431,21 +431,8 @@ def test_error_not_a_checkpoint(tmp_path, name, text):
 # ---------------------------------------------------------------- command-line tool
 
 
-def _run_tool(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, TOOL, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def _tool_main():
-    """tools/convert_weights.py's main, for in-process runs (a fresh process costs ~5 s; the
-    exit status of an error is checked in one by test_cli_wrong_source_exits_2)."""
+    """tools/convert_weights.py's main, for in-process runs (a fresh process costs ~5 s)."""
     sys.path.insert(0, os.path.dirname(TOOL))
     import convert_weights
 
@@ -464,14 +451,19 @@ def test_cli_converts_and_checks_config(fcos_ckpt, workdir, capsys):
     assert os.path.isfile(out_path) and not os.path.exists(out_path + ".unchecked")
 
 
-def test_cli_wrong_source_exits_2(fcos_ckpt, workdir):
+def test_cli_wrong_source_exits_2(fcos_ckpt, workdir, monkeypatch, capsys):
+    """The tool run as a script (its ``__main__`` block, in this process): one error line,
+    exit status 2, no traceback, no output file."""
     _, _, in_path = fcos_ckpt
     out_path = os.path.join(str(workdir), "cli_wrong.pth")
-    proc = _run_tool("--source", "adelaidet", in_path, out_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("convert_weights.py: error:")]
-    assert len(errors) == 1 and "looks like a fcos checkpoint" in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    monkeypatch.setattr(sys, "argv", [TOOL, "--source", "adelaidet", in_path, out_path])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(TOOL, run_name="__main__")
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    errors = [ln for ln in err.splitlines() if ln.startswith("convert_weights.py: error:")]
+    assert len(errors) == 1 and "looks like a fcos checkpoint" in errors[0], err
+    assert "Traceback" not in out + err
     assert not os.path.exists(out_path)
 
 

@@ -1,7 +1,6 @@
 """Every public module of fcos_d2 imports, and importing registers the FCOS parts."""
 
 import importlib
-import os
 import pkgutil
 
 import fcos_d2
@@ -43,20 +42,13 @@ def test_import_registers_everything():
     assert FCOS_ASSIGNER_REGISTRY.get("FCOSAssigner")
 
 
-def test_fcos_d2_builds_on_detectron2s_engine(monkeypatch):
+def test_fcos_d2_builds_on_detectron2s_engine():
 
     from detectron2.engine import DefaultTrainer
     from detectron2.evaluation import COCOEvaluator
 
     from fcos_d2.engine import Trainer
-    from fcos_d2.engine.launch import launch
     from fcos_d2.evaluation import PRCurveCOCOEvaluator
-    from helpers import LAUNCHER_VARS
 
     assert issubclass(Trainer, DefaultTrainer)
     assert issubclass(PRCurveCOCOEvaluator, COCOEvaluator)
-    for name in [*LAUNCHER_VARS, *(k for k in os.environ if k.startswith("SLURM_"))]:
-        monkeypatch.delenv(name, raising=False)
-    calls = []
-    launch(lambda *a: calls.append((os.getpid(), a)), 1, args=(3, "x"))  # one process
-    assert calls == [(os.getpid(), (3, "x"))]  # Detectron2's launch ran it here

@@ -11,11 +11,6 @@ from helpers import ROOT
 #: module that it uses).
 TESTED_IN = {
     "fcos_d2/__init__.py": ("tests/unit/core/test_imports.py", "import fcos_d2"),
-    "fcos_d2/errors.py": ("tests/integration/test_reliability.py", "InputError"),
-    "fcos_d2/reference.py": ("tests/integration/test_torchvision_parity.py", "fcos_d2.reference"),
-    "fcos_d2/predictor.py": ("tests/integration/test_train_e2e.py", "BatchPredictor"),
-    "fcos_d2/engine/launch.py": ("tests/unit/core/test_imports.py", "fcos_d2.engine.launch"),
-    "fcos_d2/evaluation/pr_curves.py": ("tests/unit/engine/test_evaluators.py", "pr_curves_at"),
 }
 
 

@@ -7,14 +7,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import sahi.predict  # installed by tools/setup_env.sh: missing is a failure, not a skip
 from detectron2.engine import DefaultPredictor
 
 from fcos_d2.config import get_fcos_cfg
 from fcos_d2.data.builtin import SYNTH_CLASSES
 from fcos_d2.slicing import category_mapping, sahi_detection_model, sliced_predict
 from helpers import QUICKSTART, ROOT, TINY_OPTS, untrained_weights
-
-sahi = pytest.importorskip("sahi", reason="SAHI is installed by tools/setup_env.sh")
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import demo  # noqa: E402
@@ -77,6 +76,18 @@ def test_sahi_loads_the_plain_yaml(cfg, tmp_path):
     theirs = model.original_predictions["instances"]
     assert len(ours) > 0
     assert _rows(ours) == _rows(theirs)
+    # SAHI's own sliced prediction with that model gives fcos_d2.slicing's detections.
+    big = _image(2 * S, 2 * W, seed=1)
+    raw = sahi.predict.get_sliced_prediction(
+        big[:, :, ::-1], model, S, W, 0.0, 0.0, perform_standard_pred=False, verbose=0
+    )
+    wrapped = sliced_predict(sahi_detection_model(full, 0.0), big, (S, W), 0.0, full_image=False)
+    assert len(raw.object_prediction_list) == len(wrapped) > 0
+    raw_rows = sorted(
+        (p.category.id, round(p.score.value, 4), *np.round(np.float32(p.bbox.to_xyxy()), 2))
+        for p in raw.object_prediction_list
+    )
+    assert raw_rows == _rows(wrapped)
 
 
 def test_tiles_map_back_to_image_coordinates(cfg):
@@ -103,17 +114,23 @@ def test_sliced_predict_refuses_other_images(cfg):
         sliced_predict(model, np.zeros((8, 8), np.float32), (4, 4))
 
 
-def test_demo_slice(cfg, tmp_path):
+def test_demo_slice(cfg, tmp_path, monkeypatch):
     image = _image(2 * S, 3 * W)
     cv2.imwrite(str(tmp_path / "big.png"), image)
     args = ["--config-file", QUICKSTART, "--input", str(tmp_path / "big.png")]
     opts = ["--opts", *TINY_OPTS, "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS]
     opts += ["MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
+    drawn = []  # the detections the demo draws (the Visualizer's colours are random)
+    draw = demo.draw
+    monkeypatch.setattr(demo, "draw", lambda im, inst, md: drawn.append(inst) or draw(im, inst, md))
     demo.main([*args, "--output", str(tmp_path / "out"), "--slice", str(S), str(W),
                "--overlap", "0", "--confidence-threshold", "0.0", *opts])  # fmt: skip
-    drawn = cv2.imread(str(tmp_path / "out" / "big.png")).astype(int)
-    assert drawn.shape == image.shape
-    assert np.abs(drawn - image).max() > 50  # boxes drawn
+    assert cv2.imread(str(tmp_path / "out" / "big.png")).shape == image.shape
+    # They are SAHI's sliced detections of the image, not the whole-image predictor's.
+    sliced = sliced_predict(sahi_detection_model(cfg, 0.0), image, (S, W), 0.0)
+    assert len(drawn) == 1 and len(sliced) > 0
+    assert _rows(drawn[0]) == _rows(sliced)
+    assert _rows(drawn[0]) != _rows(DefaultPredictor(cfg)(image)["instances"])
     with pytest.raises(ValueError, match="--class-thresholds is not supported with --slice"):
         demo.main([*args, "--output", str(tmp_path / "o2"), "--slice", "64", "64",
                    "--class-thresholds", "t.json", *opts])  # fmt: skip
