@@ -5,8 +5,10 @@ import os
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+import fcos_d2
 from helpers import ROOT, load_cfg
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -174,6 +176,17 @@ def test_typo_key_named_with_the_nearest_in_both_routes(tmp_path):
     with pytest.raises(UnknownConfigKeyError) as e:
         build_model(_third_party_cfg(str(bad)))  # third-party route: at build time
     assert "MODEL.FCOS.NUM_CLASES" in str(e.value) and "MODEL.FCOS.NUM_CLASSES?" in str(e.value)
+    # The plain route of a script: get_cfg(), add_fcos_config, merge_from_file, build.
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(str(bad))
+    with pytest.raises(UnknownConfigKeyError) as e:
+        build_model(cfg)
+    assert "MODEL.FCOS.NUM_CLASES" in str(e.value) and "MODEL.FCOS.NUM_CLASSES?" in str(e.value)
+    ema_typo = tmp_path / "ema_typo.yaml"
+    ema_typo.write_text("MODEL:\n  EMA:\n    DECAI: 0.9\n")
+    with pytest.raises(UnknownConfigKeyError, match=r"MODEL.EMA.DECAI .*MODEL.EMA.DECAY\?"):
+        get_fcos_cfg(str(ema_typo))
     with pytest.raises(KeyError):  # what callers of yacs' merge expect to catch
         get_fcos_cfg(None, ["MODEL.EMA.DECAI", "0.9"])
     with pytest.raises(UnknownConfigKeyError, match=r"SOLVER.BASE_LR\?"):
