@@ -121,7 +121,8 @@ def uninterrupted(preempt_env):
 
 
 @pytest.mark.slow  # about 60-90 s on 2 cores (3 train_net runs of 2 workers); the default
-# suite has tests/unit/engine/test_preemption.py (resume in-process, 2-worker agreement)
+# suite has tests/integration/test_preemption_signals.py (resume in-process, 2-worker
+# agreement)
 def test_sigterm_to_train_net_checkpoints_exits_75_and_resumes_exactly(preempt_env, uninterrupted):
     # SIGTERM to train_net.py (the process that spawned the workers): it forwards it.
     out, env = preempt_env["base"] / "sigterm", preempt_env["env"]
