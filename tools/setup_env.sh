@@ -38,6 +38,13 @@ SAHI_SPEC=("sahi==0.12.8")
 SAHI_DEPS=("shapely>=2,<3" "fire" "click" "requests")
 D2_SOURCE="${FCOS_D2_DETECTRON2:-pb1-detectron2==0.6}"
 
+# Python 3.10 or newer (setup.py's python_requires; the code uses its syntax).
+if ! "$PY_BOOT" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "tools/setup_env.sh: fcos-d2 needs Python >= 3.10; $PY_BOOT is $("$PY_BOOT" -V 2>&1)." \
+       "Set PYTHON=/path/to/python3.10+ and run again." >&2
+  exit 1
+fi
+
 # The stamp records what the venv was built from; a change re-runs the install.
 stamp_key() {
   { cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py"; echo "$D2_SOURCE"; } | sha256sum | cut -d' ' -f1
