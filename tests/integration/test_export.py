@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -24,6 +25,7 @@ from detectron2.modeling import build_model
 import fcos_d2
 from fcos_d2.deploy import (
     ExportedPredictor,
+    onednn_allows_bf16,
     postprocess,
 )
 from fcos_d2.errors import InputError
@@ -229,6 +231,7 @@ def test_pt2_loads_without_detectron2_and_fcos_d2(exported, tmp_path):
 
 
 import sys
+import warnings
 
 
 for name in ("detectron2", "fcos_d2"):
@@ -275,6 +278,7 @@ def test_runtime_class_runs_without_torch(exported, tmp_path):
 
 
 import sys
+import warnings
 
 
 sys.modules["torch"] = None
@@ -416,6 +420,26 @@ def runtime_and_predictor(exported):
     cfg.MODEL.WEIGHTS = exported[("detecting", "weights")]
     runtime = ExportedPredictor(exported[("detecting", "onnx", False)], "onnxruntime")
     return runtime, Predictor(cfg)
+
+
+def test_openvino_bf16_reports_the_precision_it_runs(exported):
+    """precision="bf16": bf16 where OpenVINO says the CPU has it (OPTIMIZATION_CAPABILITIES),
+    else it runs f32, ``.precision`` says so and a warning names the fallback."""
+    import openvino as ov
+
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    native = native and onednn_allows_bf16()
+    path = exported[("detecting", "onnx", False)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = ExportedPredictor(path, "openvino", precision="bf16")
+    fallback = [w for w in caught if "not bf16" in str(w.message)]
+    assert predictor.precision == ("bf16" if native else "f32")
+    assert len(fallback) == (0 if native else 1)
+    if not native:
+        assert f"OpenVINO runs {path} in f32, not bf16" in str(fallback[0].message)
+    out = predictor(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    assert len(out["boxes"]) > 0
 
 
 def test_runtime_class_converts_images_as_predictor(runtime_and_predictor):

@@ -107,12 +107,18 @@ def _model(*opts):
     return build_model(cfg)
 
 
-def test_quickstart_trains_and_infers_by_capability(cpu):
+def test_quickstart_trains_and_infers_by_capability(cpu, caplog):
     """configs/quickstart.yaml trains with SOLVER.AMP.CPU_PRECISION 'auto': bf16 only where
-    native; with INFERENCE_PRECISION 'auto' the convolutions run in the chosen dtype."""
-    model = _model("MODEL.FCOS.INFERENCE_PRECISION", "auto")
+    native, one log line per key naming the capability and the choice; with
+    INFERENCE_PRECISION 'auto' the convolutions run in the chosen dtype."""
+    with caplog.at_level(logging.INFO, logger="fcos_d2.modeling.precision"):
+        model = _model("MODEL.FCOS.INFERENCE_PRECISION", "auto")
     expected = "bf16" if cpu.native_bf16 else ""
     assert model.train_precision == expected and model.inference_precision == expected
+    choice = "bf16 (native)" if cpu.native_bf16 else "fp32"
+    for key in ("SOLVER.AMP.CPU_PRECISION", "MODEL.FCOS.INFERENCE_PRECISION"):
+        (line,) = [r.message for r in caplog.records if f"{key} 'auto'" in r.message]
+        assert cpu.describe() in line and choice in line
     seen = []
     model.head.cls_logits.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     model.eval()
