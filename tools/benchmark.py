@@ -34,7 +34,7 @@ from fcos_d2 import compat  # noqa: E402
 from fcos_d2.modeling.precision import cpu_capability  # noqa: E402
 
 #: The sections of --scale (at COCO size).
-SCALE = ("cocosize", "loader", "checks")
+SCALE = ("cocosize", "loader", "checks", "verify")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,6 +27,7 @@ EXPECTED_ORDER = [
     ("cocosize", "7"),
     ("loader", "8"),
     ("checks", "9"),
+    ("verify", "9b"),
     ("atss", "10"),
     ("rt", "11"),
 ]
@@ -52,6 +53,7 @@ def test_scale_runs_the_sections_at_scale_and_bad_names_are_refused(capsys):
         "cocosize",
         "loader",
         "checks",
+        "verify",
     ]
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--skip", "nonsense"])

@@ -59,20 +59,29 @@ def _logged(out, iteration: int) -> bool:
 def _start_and_signal(cmd, env, out, signum, target, after=SIGNAL_AFTER, **popen):
     """Start ``cmd``; once metrics.json shows iteration ``after``, send ``signum`` to
     ``target(proc)`` (a pid; a negative one for a process group); (returncode, log)."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
-    )
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline and not _logged(out, after):
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before the signal:\n" + proc.communicate()[0]
-        pid = target(proc)
-        os.killpg(-pid, signum) if pid < 0 else os.kill(pid, signum)
-        log = proc.communicate(timeout=300)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # The output goes to a file: a pipe that nobody reads while waiting for the iteration
+    # fills up (the model printout alone is ~60 KB) and blocks the run.
+    log_path = f"{out}.log"
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True, **popen
+        )
+        try:
+            deadline = time.time() + 300
+            while proc.poll() is None and time.time() < deadline and not _logged(out, after):
+                time.sleep(0.02)
+            ended = proc.poll() is not None
+            if not ended:
+                pid = target(proc)
+                os.killpg(-pid, signum) if pid < 0 else os.kill(pid, signum)
+                proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    with open(log_path) as f:
+        log = f.read()
+    assert not ended, "the run ended before the signal:\n" + log[-5000:]
     return proc.returncode, log
 
 

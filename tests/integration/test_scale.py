@@ -5,6 +5,7 @@ a torchrun restart resumes from the last checkpoint; ``--eval-only`` on 2 worker
 the AP of 1 worker (the environment parsing: tests/unit/engine/test_dist_env.py).
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -80,19 +82,26 @@ def _torchrun():
 
 def _run_all(cmds, env, timeout=600):
     """Start the commands together (they form one group) and wait for all; (rc, log) each."""
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for cmd, e in zip(cmds, env)
-    ]
-    try:
-        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    # Each writes to a file: read one pipe at a time, and a process whose pipe is full (the
+    # model printout alone is ~60 KB) blocks the others in the next collective.
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in cmds]
+        procs = [
+            subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=f, stderr=subprocess.STDOUT, text=True)
+            for cmd, e, f in zip(cmds, env, files)
+        ]
+        try:
+            for p in procs:
+                p.wait(timeout=timeout)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        logs = []
+        for f in files:
+            f.seek(0)
+            logs.append(f.read())
         return [(p.returncode, log) for p, log in zip(procs, logs)]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
 
 
 def _losses(out):
@@ -315,13 +324,9 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(reference):
         str(out),
         *SCHEDULE,
     ]
+    log_file = tempfile.TemporaryFile("w+")  # not a pipe: see _run_all
     agent = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=reference["env"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        cmd, cwd=ROOT, env=reference["env"], stdout=log_file, stderr=subprocess.STDOUT, text=True
     )
     try:
         tag, deadline = out / "last_checkpoint", time.time() + 300
@@ -331,10 +336,13 @@ def test_torchrun_restart_resumes_from_the_last_checkpoint(reference):
         worker = [p for p in _children(agent.pid) if _rank_of(p) == 1]
         assert len(worker) == 1, worker
         os.kill(worker[0], signal.SIGKILL)
-        log = agent.communicate(timeout=600)[0]
+        agent.wait(timeout=600)
     finally:
         if agent.poll() is None:
             agent.kill()
+        log_file.seek(0)
+        log = log_file.read()
+        log_file.close()
     assert agent.returncode == 0, log[-5000:]
     resumed_from = start_iteration(log) - 1
     assert 0 < resumed_from < MAX_ITER - 1 and resumed_from % 2 == 1, log[-5000:]

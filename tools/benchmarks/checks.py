@@ -88,3 +88,52 @@ def run(ctx: Context) -> Dict[str, object]:
     """The dataset checks' share of training start-up at COCO-train size (--checks-images
     generated images, 118k by default)."""
     return dataset_checks_section(300 if ctx.smoke else ctx.checks_images)
+
+
+def verify_images_section(num_images: int = 20_000, size=(480, 640)) -> Dict[str, object]:
+    """
+    ``DATALOADER.VERIFY_IMAGES``: fcos_d2.data.verify.verify_images (every image decoded, in
+    threads) on ``num_images`` generated JPEGs of ``size`` (H, W), quality 90, in the page
+    cache: wall time, images/s and CPU time per image of this process.
+    """
+    import cv2
+    import numpy as np
+
+    from fcos_d2.data.verify import verify_images
+
+    h, w = size
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (0, 0), 1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        dicts, total_bytes = [], 0
+        for i in range(num_images):
+            path = os.path.join(tmp, f"{i:06d}.jpg")
+            cv2.imwrite(path, np.roll(base, i, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            total_bytes += os.path.getsize(path)
+            dicts.append({"file_name": path, "width": w, "height": h})
+        verify_images(dicts[:50])  # warm-up: thread pool, Pillow's decoder
+        cpu, start = time.process_time(), time.perf_counter()
+        bad = verify_images(dicts)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert not bad, bad[:3]
+    out = {
+        "images": num_images,
+        "size": f"{w}x{h}",
+        "mean_kb": total_bytes / num_images / 1024,
+        "threads": min(16, os.cpu_count() or 1),
+        "seconds": wall,
+        "images_per_s": num_images / wall,
+        "cpu_ms_per_image": 1000 * cpu / num_images,
+    }
+    print(
+        f"  {num_images} JPEGs of {w}x{h} ({out['mean_kb']:.0f} KB) verified in {wall:.1f} s: "
+        f"{out['images_per_s']:.0f} images/s, {out['cpu_ms_per_image']:.2f} ms CPU per image "
+        f"({out['threads']} threads)"
+    )
+    return out
+
+
+@section("verify", "9b", "images verified before training (VERIFY_IMAGES)", key="verify_images")
+def run_verify(ctx: Context) -> Dict[str, object]:
+    """verify_images on 20,000 generated JPEGs (2,000 with --quick, 20 with --smoke)."""
+    return verify_images_section(20 if ctx.smoke else 2_000 if ctx.quick else 20_000)
