@@ -55,12 +55,25 @@ def voc_year(dirname: str) -> int:
     return 2007 if "2007" in os.path.basename(os.path.normpath(dirname)) else 2012
 
 
+def _unknown_name(dirname: str, split: str, class_names: Sequence[str]) -> str | None:
+    """Where the split first names a class outside ``class_names``: the file, the object's
+    index and its name; None if nowhere."""
+    for image_id in voc_image_ids(dirname, split):
+        path = os.path.join(dirname, "Annotations", image_id + ".xml")
+        for index, obj in enumerate(ET.parse(path).getroot().iter("object")):
+            name = (obj.findtext("name") or "").strip()
+            if name not in class_names:
+                names = list(class_names)
+                return f"{path}: object {index} is a {name!r}, not one of the class names {names}"
+    return None
+
+
 def _load(dirname: str, split: str, class_names: list[str]) -> list[dict[str, Any]]:
     try:
         return load_voc_instances(dirname, split, class_names)
     except ValueError as e:  # class_names.index(name) of a name not in the list
         raise InputError(
-            f"VOC split {dirname} {split}: {e} of the class names {class_names}"
+            f"VOC split {dirname} {split}: {_unknown_name(dirname, split, class_names) or e}"
         ) from e
     except (OSError, ET.ParseError) as e:
         raise InputError(f"VOC split {dirname} {split}: {e}") from e

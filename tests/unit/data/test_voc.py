@@ -1,6 +1,8 @@
 """Pascal VOC folders: class names from the annotations, registration, built-in round trip."""
 
 import os
+import re
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -103,8 +105,17 @@ def test_registered_split_gets_the_voc_evaluator(builtin, tmp_path):
     assert {a["category_id"] for d in dicts for a in d["annotations"]} <= set(range(5))
     # Names that miss one of the annotations' classes: an error naming it.
     register_voc_dataset("fcos_test_voc_reg", voc_dir, "val", ["disk", "ring"])
-    with pytest.raises(InputError, match="is not in list of the class names"):
+    with pytest.raises(InputError) as e:
         DatasetCatalog.get("fcos_test_voc_reg")
+    pattern = (
+        r"Annotations/(\w+)\.xml: object (\d+) is a '(rectangle|triangle|cross)', "
+        r"not one of the class names \['disk', 'ring'\]"
+    )
+    found = re.search(pattern, str(e.value))
+    assert found, str(e.value)
+    xml = os.path.join(voc_dir, "Annotations", found.group(1) + ".xml")
+    objects = list(ET.parse(xml).getroot().iter("object"))
+    assert objects[int(found.group(2))].findtext("name") == found.group(3)
 
 
 def test_year_is_2007_only_for_a_2007_folder():
