@@ -15,7 +15,10 @@ CPU therefore ends inside ``launch``: code after it does not run.
 
 Preemption (:mod:`fcos_d2.engine.preemption`): while ``launch`` waits for the workers it
 spawned, it passes SIGTERM, SIGUSR1 and SIGUSR2 on to them rather than dying first, and
-when they leave with the preemption status it leaves with it too (SystemExit).
+when they leave with the preemption status it leaves with it too (SystemExit). A CPU worker
+stopped by an :class:`~fcos_d2.errors.InputError` (e.g. a checkpoint that cannot be
+written) prints its message without a traceback and exits with status 2, and so does
+``launch``.
 """
 
 import contextlib
@@ -42,6 +45,10 @@ __all__ = ["launch"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+#: Exit status of a CPU worker stopped by an InputError (it prints the message, no
+#: traceback), and then of ``launch``'s process: argparse's and train_net.py's status for
+#: bad input.
+EXIT_INPUT_ERROR = 2
 
 
 def _free_port() -> int:
@@ -125,6 +132,9 @@ def _spawned_workers() -> Iterator[None]:
         try:
             yield
         except mp.ProcessExitedException as e:
+            if e.exit_code == EXIT_INPUT_ERROR:
+                logger.error("A worker stopped on the error printed above (exit status 2)")
+                raise SystemExit(EXIT_INPUT_ERROR) from None
             if e.exit_code != EXIT_PREEMPTED:
                 raise
             logger.warning(
@@ -144,6 +154,9 @@ def _run_and_exit(join: Callable[[], None], main_func: Callable[..., Any], args:
         comm.synchronize()
     except SystemExit as e:  # e.g. preemption.Preempted: its status, without a traceback
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except InputError as e:  # bad input (a file, a key, a failed checkpoint write): one line
+        print(f"error (rank {comm.get_rank()}): {e}", file=sys.stderr)
+        code = EXIT_INPUT_ERROR
     except BaseException:  # report and exit non-zero; see the module docstring
         traceback.print_exc()
         code = 1
