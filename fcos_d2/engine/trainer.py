@@ -323,11 +323,23 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True) -> None:
         """DefaultTrainer's; with an EMA, it starts from the loaded weights unless the
-        checkpoint carried one (a resumed EMA run)."""
+        checkpoint carried one (a resumed EMA run). Resuming without an EMA from a
+        checkpoint written with one continues from its training weights (its "ema" entry;
+        its "model" holds the averages), with a warning."""
         restored = self.ema.num_loads if self.ema is not None else 0
-        super().resume_or_load(resume=resume)
+        # DefaultTrainer.resume_or_load, keeping what the checkpointer did not load.
+        left = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
         if self.ema is not None and self.ema.num_loads == restored:
             self.ema.reset()
+        held = (left or {}).get("ema", {}).get("held_weights")
+        if self.ema is None and resume and held is not None:
+            self.checkpointer.model.load_state_dict(held)
+            logger.warning(
+                "Resuming without MODEL.EMA.ENABLED from a checkpoint written with it: "
+                "training continues from its training weights, not its averaged ones"
+            )
 
     def evaluate(self, tta: bool = False) -> Optional[OrderedDict]:
         """Evaluate the trained model (its EMA weights with MODEL.EMA.ENABLED) on

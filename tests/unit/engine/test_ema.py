@@ -169,6 +169,15 @@ def test_resume_restores_training_and_ema_weights_bit_for_bit(tiny_data, tmp_pat
         assert torch.equal(resumed.ema.averages[k], v), k
     for k, v in full.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+    # Resumed with the EMA switched off: the training weights again, not the averages.
+    (tmp_path / "part" / "last_checkpoint").write_text("model_0000001.pth")
+    off = tiny_cfg(tiny_data, tmp_path / "part", "SOLVER.MAX_ITER", "4", *one)
+    off.MODEL.EMA.ENABLED = False
+    plain = Trainer(off)
+    plain.resume_or_load(resume=True)
+    assert plain.ema is None and plain.start_iter == 2
+    for k, v in checkpoint["ema"]["held_weights"].items():
+        assert torch.equal(plain.model.state_dict()[k], v), k
 
 
 def test_eval_only_loads_the_ema_weights(tiny_data, tmp_path):
