@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, inference_on_dataset  # noqa: E402
 
 import fcos_d2  # noqa: E402, F401  (registers the built-in datasets)
 from fcos_d2.config import get_fcos_cfg  # noqa: E402
@@ -63,8 +63,8 @@ def _stems(name: str) -> List[str]:
     return [os.path.splitext(os.path.basename(d["file_name"]))[0] for d in DatasetCatalog.get(name)]
 
 
-class _Keep:
-    """A DatasetEvaluator that keeps each image's outputs by file stem."""
+class _Keep(DatasetEvaluator):
+    """Keeps each image's outputs by file stem."""
 
     def __init__(self):
         self.outputs: Dict[str, dict] = {}

@@ -7,30 +7,24 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import fcos_d2
+from fcos_d2.config import get_fcos_cfg
 from fcos_d2.data.builtin import SYNTH_CLASSES
 from fcos_d2.engine import Trainer
 from fcos_d2.evaluation import PRCurveCOCOEvaluator, pr_curves_at
 from helpers import evaluate_ground_truth
 
 
-def _cfg(output_dir):
-    cfg = get_cfg()
-    fcos_d2.add_fcos_config(cfg)
-    cfg.OUTPUT_DIR = str(output_dir)
-    return cfg
-
-
 def test_coco_evaluation_draws_pr_curves_of_its_ap(coco_val4, tmp_path):
     name = "fcos_test_coco_pr"
     register_coco_instances(name, {}, coco_val4[0], coco_val4[1])
-    evaluator = Trainer.build_evaluator(_cfg(tmp_path), name, str(tmp_path / "eval"))
+    evaluator = Trainer.build_evaluator(
+        get_fcos_cfg(opts=["OUTPUT_DIR", str(tmp_path)]), name, str(tmp_path / "eval")
+    )
     assert isinstance(evaluator, PRCurveCOCOEvaluator)
     g = torch.Generator().manual_seed(0)
 
