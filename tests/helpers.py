@@ -310,3 +310,14 @@ def evaluate_ground_truth(evaluator, dicts, jitter=None):
         )
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
     return evaluator.evaluate()
+
+
+def third_party_cfg(path: str):
+    """How wrappers of Detectron2 models (e.g. SAHI) load a yaml: no add_fcos_config."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    cfg.merge_from_file(path)
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg

@@ -1,4 +1,6 @@
-"""Every config in configs/ merges and builds a model on the CPU."""
+"""Every config in configs/ merges and builds a model on the CPU; the third-party route of
+loading a config (the same model for every config:
+tests/integration/test_third_party_configs.py)."""
 
 import glob
 import os
@@ -9,7 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import fcos_d2
-from helpers import ROOT, load_cfg
+from helpers import ROOT, load_cfg, third_party_cfg
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 
@@ -104,55 +106,13 @@ def test_paper_rules_by_default_and_each_source_sets_its_own(path):
     assert (f.SIZE_RANGE_BOUNDS, f.MATCH_AREA, f.LOCATION_STRIDE) == expected
 
 
-def _third_party_cfg(path: str):
-    """How wrappers of Detectron2 models (e.g. SAHI) load a yaml: no add_fcos_config."""
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.set_new_allowed(True)
-    cfg.merge_from_file(path)
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
-
-
-def _build_and_detect(cfg):
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        model.head.cls_logits.bias.zero_()  # p = 0.5: detections from an untrained model
-        # Positive distances also under NORM_REG_TARGETS (ReLU): no empty boxes dropped.
-        model.head.bbox_pred.bias.fill_(1.0)
-        torch.manual_seed(1)
-        # Padded to 256x256 (FPN size divisibility 128): P7 is 2x2. At 1x1 (sides <= 128),
-        # GroupNorm(32) over 32 channels (quickstart_fp32's head) has one value per group,
-        # which torch refuses; the predictors' test resize never gives such inputs.
-        image = torch.randint(0, 256, (3, 160, 192)).float()
-        out = model([{"image": image, "height": 160, "width": 192}])[0]["instances"]
-    return model.state_dict(), out
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_third_party_loading_builds_the_same_model(path):
-    """get_cfg + set_new_allowed + merge_from_file (no add_fcos_config) builds the model that
-    add_fcos_config + merge_from_file builds: same parameters, same detections."""
-    sd_a, det_a = _build_and_detect(load_cfg(path))
-    sd_b, det_b = _build_and_detect(_third_party_cfg(path))
-    assert list(sd_a) == list(sd_b)
-    for k in sd_a:
-        assert torch.equal(sd_a[k], sd_b[k]), k
-    assert len(det_a) > 0
-    assert torch.equal(det_a.pred_boxes.tensor, det_b.pred_boxes.tensor)
-    assert torch.equal(det_a.scores, det_b.scores)
-    assert torch.equal(det_a.pred_classes, det_b.pred_classes)
-
-
 def test_complete_config_keeps_values_and_fills_defaults(tmp_path):
     from fcos_d2.config import complete_fcos_config, get_fcos_cfg
 
     child = tmp_path / "child.yaml"
     base = os.path.join(ROOT, "configs", "quickstart.yaml")
     child.write_text(f"_BASE_: {base}\nMODEL:\n  FCOS:\n    NUM_CLASSES: 7\n")
-    full = complete_fcos_config(_third_party_cfg(str(child)))
+    full = complete_fcos_config(third_party_cfg(str(child)))
     expected = get_fcos_cfg(str(child))
     expected.MODEL.DEVICE = "cpu"
     assert full.dump() == expected.dump()
@@ -174,7 +134,7 @@ def test_typo_key_named_with_the_nearest_in_both_routes(tmp_path):
     assert str(bad) in str(e.value)
     assert "MODEL.FCOS.NUM_CLASES" in str(e.value) and "MODEL.FCOS.NUM_CLASSES?" in str(e.value)
     with pytest.raises(UnknownConfigKeyError) as e:
-        build_model(_third_party_cfg(str(bad)))  # third-party route: at build time
+        build_model(third_party_cfg(str(bad)))  # third-party route: at build time
     assert "MODEL.FCOS.NUM_CLASES" in str(e.value) and "MODEL.FCOS.NUM_CLASSES?" in str(e.value)
     # The plain route of a script: get_cfg(), add_fcos_config, merge_from_file, build.
     cfg = get_cfg()
